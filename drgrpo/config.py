@@ -1,0 +1,633 @@
+"""One typed config tree for a run: defaults < YAML file < command-line overrides.
+
+    cfg = load_config("launch/configs/qwen2.5-math-7b.yaml", ["--rollout.samples_per_prompt", "4"])
+    cfg = parse_args()   # in a script's main(): --config FILE plus --section.field VALUE overrides
+
+Unknown keys are errors everywhere (a typo must never be silently ignored), and invalid input is
+reported all at once as a `ConfigError` whose `problems` are "dotted.path: reason" lines.
+`python -m drgrpo.config --config FILE [overrides]` prints the resolved config; `--markdown`
+prints the reference that lives in docs/config.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+# coerce_numbers_to_str: `path: 2024` in YAML means the string, not a type error.
+_STRICT = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+_Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class ModelConfig(BaseModel):
+    model_config = _STRICT
+    path: str = Field(min_length=1, description="Base model: a local Hugging Face folder or a hub name such as Qwen/Qwen2.5-Math-7B.")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Parameter dtype for generation and training.")
+    trust_remote_code: bool = Field(False, description="Let transformers/vLLM run model code shipped with the checkpoint (not needed for Qwen2.5).")
+
+
+class DataConfig(BaseModel):
+    model_config = _STRICT
+    train_path: str = Field(min_length=1, description="Training problems: a .jsonl or .parquet file, or a datasets save_to_disk folder.")
+    eval_paths: dict[str, str] = Field(default_factory=dict, description="Benchmarks to evaluate, name -> path (same formats as train_path); empty = no evaluation.")
+    template: Literal["r1", "qwen_math", "no"] = Field("qwen_math", description="Prompt template: r1 (think/answer tags), qwen_math (Qwen chat, answer in \\boxed{}), or no (the bare question).")
+    prompt_key: str = Field("problem", min_length=1, description="Field of each row that holds the question.")
+    answer_key: str = Field("answer", min_length=1, description="Field of each row that holds the reference answer (a string or a list of acceptable strings).")
+    max_prompt_tokens: PositiveInt = Field(1024, description="Training prompts longer than this many tokens (after templating) are dropped.")
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _bare_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `no` as false; both mean "no template".
+        return "no" if value is False else value
+
+
+class RolloutConfig(BaseModel):
+    model_config = _STRICT
+    prompts_per_step: PositiveInt = Field(128, description="Prompts drawn from the training set per policy step.")
+    samples_per_prompt: PositiveInt = Field(8, description="Responses sampled per prompt (the group); at least 2, as the group mean is the baseline.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature for training rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus-sampling threshold for training rollouts; 1.0 = off.")
+    max_new_tokens: PositiveInt = Field(3000, description="Most tokens generated per training response; longer ones are cut off.")
+
+
+class AlgorithmConfig(BaseModel):
+    model_config = _STRICT
+    method: Literal["dr_grpo", "grpo"] = Field("dr_grpo", description="dr_grpo: no length or std normalisation (unbiased); grpo: the original objective.")
+    clip_eps: float = Field(0.2, ge=0, lt=1, description="PPO clip range: the importance ratio is clipped to [1 - clip_eps, 1 + clip_eps].")
+    kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty towards the initial model; 0 = no KL term (the paper's setting).")
+    epochs_per_step: PositiveInt = Field(1, description="Passes over each rollout before the next one is generated.")
+
+
+class LearnerConfig(BaseModel):
+    model_config = _STRICT
+    strategy: Literal["fsdp", "deepspeed"] = Field("fsdp", description="Distributed training backend.")
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate, constant (no warm-up or decay).")
+    train_batch_size: PositiveInt = Field(128, description="Responses per optimizer step over all learners; it must divide the rollout size.")
+    micro_batch_size: PositiveInt = Field(8, description="Responses per forward/backward pass on one learner; gradients accumulate to its share of a step.")
+    grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
+    adam_betas: tuple[_Beta, _Beta] = Field((0.9, 0.95), description="AdamW (beta1, beta2).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations during the backward pass to save memory.")
+    zero_stage: Literal[1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage; used only when strategy is deepspeed.")
+
+
+class ClusterConfig(BaseModel):
+    model_config = _STRICT
+    num_generators: PositiveInt = Field(1, description="vLLM engines generating rollouts.")
+    generator_tp: PositiveInt = Field(1, description="Tensor-parallel GPUs per vLLM engine.")
+    num_learners: PositiveInt = Field(1, description="Training processes (one GPU each on cuda).")
+    num_reward_workers: PositiveInt = Field(2, description="CPU processes that grade responses.")
+    colocate: bool = Field(False, description="GPU-only: generators and learners share the same GPUs and take turns.")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of each GPU's memory vLLM may use; null = 0.35 when colocated (the paper's value), else 0.9.")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when a GPU is visible, else cpu.")
+
+    @model_validator(mode="after")
+    def _default_gpu_share(self) -> ClusterConfig:
+        # A colocated vLLM must leave room for the learner's weights, grads and optimizer state.
+        if self.gpu_memory_utilization is None:
+            self.gpu_memory_utilization = 0.35 if self.colocate else 0.9
+        return self
+
+    def resolve_device(self) -> Literal["cuda", "cpu"]:
+        """The device to run on; `auto` asks torch whether a GPU is visible."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if self.colocate:
+            raise ConfigError(["cluster.colocate: colocation is GPU-only, but no GPU is visible (cluster.device is auto)"])
+        return "cpu"
+
+
+class EvalConfig(BaseModel):
+    model_config = _STRICT
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature for evaluation; 0 = greedy.")
+    max_new_tokens: PositiveInt = Field(3000, description="Most tokens generated per evaluation response.")
+    samples: PositiveInt = Field(1, description="Responses per problem; accuracy is averaged over them.")
+    limit: PositiveInt | None = Field(None, description="Evaluate only the first N problems of each benchmark; null = all.")
+
+
+class TrainerConfig(BaseModel):
+    model_config = _STRICT
+    max_steps: PositiveInt = Field(500, description="Policy steps to run (each: one rollout, then its optimizer steps).")
+    eval_every: int = Field(16, ge=0, description="Evaluate every N policy steps; 0 = never.")
+    save_every: int = Field(64, ge=0, description="Save a checkpoint every N policy steps; 0 = only the final save, which always happens.")
+    output_dir: str = Field("runs/drgrpo", min_length=1, description="Folder for checkpoints, logs and the resolved config.yaml.")
+    seed: int = Field(42, ge=0, description="Random seed for data order, sampling and initialisation.")
+    resume: str = Field("never", min_length=1, description="never = start fresh; auto = continue from the latest complete checkpoint in output_dir (fresh if none); else a checkpoint path.")
+
+
+# Each rule is reported at the first field it names; listed in --help and docs/config.md.
+CROSS_FIELD_RULES = (
+    "rollout.samples_per_prompt >= 2: a group needs two samples for its mean reward to be a baseline.",
+    "learner.train_batch_size divides rollout.prompts_per_step x rollout.samples_per_prompt: whole optimizer steps.",
+    "learner.train_batch_size is divisible by cluster.num_learners: every learner gets an equal share of a step.",
+    "cluster.colocate needs cluster.device cuda or auto: colocation is GPU-only.",
+)
+_CROSS_FIELD_PATHS = (
+    "rollout.prompts_per_step", "rollout.samples_per_prompt", "learner.train_batch_size",
+    "cluster.num_learners", "cluster.colocate", "cluster.device",
+)
+
+
+def _cross_field_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(path, reason) for each broken rule; a rule is skipped unless all its inputs are in `v`."""
+    out = []
+
+    def have(*paths: str) -> bool:
+        return all(p in v for p in paths)
+
+    if have("rollout.samples_per_prompt") and v["rollout.samples_per_prompt"] < 2:
+        why = f"must be at least 2 (got {v['rollout.samples_per_prompt']}): a group needs two samples for a baseline"
+        out.append(("rollout.samples_per_prompt", why))
+    if have("rollout.prompts_per_step", "rollout.samples_per_prompt", "learner.train_batch_size"):
+        p, s, b = v["rollout.prompts_per_step"], v["rollout.samples_per_prompt"], v["learner.train_batch_size"]
+        if (p * s) % b:
+            why = (f"must divide rollout.prompts_per_step x rollout.samples_per_prompt = {p} x {s} = {p * s}"
+                   f" (got {b}): each rollout is trained as whole optimizer steps")
+            out.append(("learner.train_batch_size", why))
+    if have("learner.train_batch_size", "cluster.num_learners"):
+        b, n = v["learner.train_batch_size"], v["cluster.num_learners"]
+        if b % n:
+            why = f"must be divisible by cluster.num_learners = {n} (got {b}): every learner takes an equal share"
+            out.append(("learner.train_batch_size", why))
+    if have("cluster.colocate", "cluster.device") and v["cluster.colocate"] and v["cluster.device"] == "cpu":
+        why = "colocation is GPU-only; set cluster.device to cuda or auto, or cluster.colocate to false"
+        out.append(("cluster.colocate", why))
+    return out
+
+
+class Config(BaseModel):
+    model_config = _STRICT
+    model: ModelConfig = Field(description="The policy being trained.")
+    data: DataConfig = Field(description="Training and evaluation problems, and how prompts are built.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling of training responses.")
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig, description="The policy-gradient objective.")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Optimizer and distributed training.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Processes and GPUs.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Benchmark evaluation during training.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Run length, checkpoints and output.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # `learner:` with every key commented out loads as None; it means "all defaults".
+        if isinstance(data, dict):
+            return {k: {} if v is None and k in cls.model_fields else v for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Config:
+        values = {p: getattr(getattr(self, p.split(".")[0]), p.split(".")[1]) for p in _CROSS_FIELD_PATHS}
+        broken = _cross_field_problems(values)
+        if broken:
+            # A ValidationError raised here keeps each problem's own loc (pydantic merges it).
+            raise ValidationError.from_exception_data("Config", [
+                InitErrorDetails(type=PydanticCustomError("cross_field", "{reason}", {"reason": reason}),
+                                 loc=tuple(path.split(".")), input=values.get(path))
+                for path, reason in broken
+            ])
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-able values (tuples become lists)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        header = "# Resolved drgrpo config: every setting, defaults included. Reload with --config <this file>.\n"
+        return header + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, directory: str | Path | None = None) -> Path:
+        """Write config.yaml into `directory` (default trainer.output_dir) atomically; return its path."""
+        directory = Path(directory if directory is not None else self.trainer.output_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "config.yaml"
+        tmp = path.with_name(f".config.yaml.{os.getpid()}.tmp")
+        tmp.write_text(self.to_yaml(), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return cfg.to_dict()
+
+
+def save_config(cfg: Config, directory: str | Path | None = None) -> Path:
+    return cfg.save(directory)
+
+
+class ConfigError(Exception):
+    """Invalid configuration; `problems` holds one "dotted.path: reason" string per problem."""
+
+    def __init__(self, problems: Sequence[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(str(self))
+
+    def __reduce__(self):  # keep the problems list when pickled (e.g. raised inside a Ray actor)
+        return type(self), (self.problems, self.source)
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        where = f" from {self.source}" if self.source else ""
+        header = f"invalid configuration{where} ({n} problem{'s' * (n != 1)}):"
+        return "\n".join([header, *(f"  {p}" for p in self.problems)])
+
+
+# ---------------------------------------------------------------- reading YAML and overrides
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys: YAML silently keeps the last, hiding the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"], str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read config file ({e})"], str(path)) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        reason = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{where}: YAML syntax error: {reason}"], str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        reason = f"the top level must be a mapping of sections (model:, data:, ...), got {type(data).__name__}"
+        raise ConfigError([f"{path}: {reason}"], str(path))
+    return data
+
+
+_FLAG = re.compile(r"--([A-Za-z_][\w-]*(?:\.[\w-]+)*)(?:=(.*))?", re.DOTALL)
+
+
+def _split_overrides(args: Sequence[str]) -> tuple[list[tuple[list[str], str]], list[str]]:
+    """Pair each --dotted.key with its raw string value; return (pairs, problems)."""
+    pairs, problems, i = [], [], 0
+    while i < len(args):
+        match = _FLAG.fullmatch(args[i])
+        if not match:
+            problems.append(f"{args[i]}: expected a flag like --section.field VALUE or --section.field=VALUE")
+            i += 1
+            continue
+        key, value = match.group(1), match.group(2)
+        if value is None:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                problems.append(f"{key}: missing its value (--{key} VALUE or --{key}=VALUE)")
+                i += 1
+                continue
+            value, i = args[i + 1], i + 1
+        elif value == "":
+            problems.append(f"{key}: missing its value (--{key} VALUE or --{key}=VALUE)")
+        i += 1
+        if value != "":
+            pairs.append((key.split("."), value))
+    return pairs, problems
+
+
+def _parse_value(key: str, raw: str) -> tuple[Any, str | None]:
+    try:
+        return yaml.safe_load(raw), None
+    except yaml.YAMLError as e:
+        return None, f"{key}: cannot parse value {raw!r} as YAML ({getattr(e, 'problem', None) or e})"
+
+
+def _set(data: dict, keys: list[str], value: Any, problems: list[str]) -> None:
+    node = data
+    for depth, part in enumerate(keys[:-1]):
+        if node.get(part) is None:
+            node[part] = {}
+        child = node[part]
+        if not isinstance(child, dict):
+            prefix = ".".join(keys[: depth + 1])
+            problems.append(f"{'.'.join(keys)}: cannot set it, {prefix} is a single value, not a section")
+            return
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(args: Sequence[str]) -> dict:
+    """["--a.b", "1", "--c.d=2"] -> {"a": {"b": 1}, "c": {"d": 2}}; values are YAML. Raises ConfigError."""
+    pairs, problems = _split_overrides(args)
+    data: dict = {}
+    for keys, raw in pairs:
+        value, problem = _parse_value(".".join(keys), raw)
+        if problem:
+            problems.append(problem)
+        else:
+            _set(data, keys, value, problems)
+    if problems:
+        raise ConfigError(problems, "the command line")
+    return data
+
+
+def _leaf(keys: list[str]) -> tuple[Any, str | None]:
+    """The type annotation at a dotted path (None if unknown) or a problem if it descends into a value."""
+    node: Any = Config
+    for depth, part in enumerate(keys):
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(part)
+            if field is None:
+                return None, None  # unknown name: pydantic reports it, with a suggestion
+            node = field.annotation
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]
+        else:
+            prefix = ".".join(keys[:depth])
+            return None, f"{'.'.join(keys)}: {prefix} is a single value, not a section"
+    return node, None
+
+
+def _is_text(annotation: Any) -> bool:
+    if get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in get_args(annotation))
+    return annotation is str
+
+
+def _apply_overrides(data: dict, args: Sequence[str]) -> list[str]:
+    pairs, problems = _split_overrides(args)
+    for keys, raw in pairs:
+        annotation, problem = _leaf(keys)
+        if problem:
+            problems.append(problem)
+            continue
+        # Text settings take the string as typed: `--model.path 7` is "7", `--data.template no` is "no".
+        value, problem = (raw, None) if _is_text(annotation) else _parse_value(".".join(keys), raw)
+        if problem:
+            problems.append(problem)
+        else:
+            _set(data, keys, value, problems)
+    return problems
+
+
+# ---------------------------------------------------------------- turning errors into lines
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_at(keys: Sequence[Any]) -> type[BaseModel] | None:
+    node: Any = Config
+    for part in keys:
+        field = node.model_fields.get(part) if isinstance(part, str) else None
+        node = field.annotation if field else None
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return None
+    return node
+
+
+def _unknown(loc: tuple) -> str:
+    parent = _model_at(loc[:-1])
+    kind = "section" if parent is Config else "field"
+    if parent is None:
+        return f"unknown {kind}"
+    names = list(parent.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return f"unknown {kind} (did you mean '{close[0]}'?)" if close else f"unknown {kind} (valid: {', '.join(names)})"
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors(include_url=False):
+        path = ".".join(str(p) for p in e["loc"]) or "config"
+        kind, section = e["type"], _model_at(e["loc"])
+        if kind == "missing" and section is not None:
+            # A missing section is reported as the settings it lacks: `model.path`, not `model`.
+            required = [name for name, f in section.model_fields.items() if f.is_required()]
+            lines += [f"{path}.{name}: required, but not set" for name in required]
+            continue
+        if kind == "extra_forbidden":
+            reason = _unknown(e["loc"])
+        elif kind == "missing":
+            reason = "required, but not set"
+        elif kind == "cross_field":
+            reason = e["msg"]
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            reason = f"must be a mapping, got {_show(e['input'])}"
+        else:
+            reason = f"{e['msg']} (got {_show(e['input'])})"
+        lines.append(f"{path}: {reason}")
+    return lines
+
+
+def _partial_cross_field(data: dict, err: ValidationError) -> list[str]:
+    """Cross-field problems among the fields that did validate, so one run reports everything."""
+    bad = {tuple(e["loc"][:2]) for e in err.errors()}
+    values = {}
+    for section in {p.split(".")[0] for p in _CROSS_FIELD_PATHS}:
+        raw, cls = data.get(section) or {}, Config.model_fields[section].annotation
+        if not isinstance(raw, dict) or (section,) in bad:
+            continue
+        kept = {k: v for k, v in raw.items() if (section, k) not in bad and k in cls.model_fields}
+        try:
+            model = cls.model_validate(kept)
+        except ValidationError:
+            continue
+        values.update({f"{section}.{k}": getattr(model, k) for k in cls.model_fields if (section, k) not in bad})
+    return [f"{path}: {reason}" for path, reason in _cross_field_problems(values)]
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then `overrides`. Raises ConfigError."""
+    parts = ([str(path)] if path is not None else []) + (["the command line"] if overrides else [])
+    source = " and ".join(parts) or None
+    data = _read_yaml(Path(path)) if path is not None else {}
+    problems = _apply_overrides(data, overrides)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        problems += _format_errors(err)
+        if not any(e["type"] == "cross_field" for e in err.errors()):
+            problems += _partial_cross_field(data, err)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+# ---------------------------------------------------------------- command line and docs
+
+def _type_text(s: Mapping[str, Any], code=str) -> str:
+    """A short type description from a field's JSON schema, e.g. "int > 0", "float in [0, 1)"."""
+    if "anyOf" in s:
+        kinds = [k for k in s["anyOf"] if k.get("type") != "null"]
+        text = " or ".join(_type_text(k, code) for k in kinds)
+        return text + " or null" if len(kinds) < len(s["anyOf"]) else text
+    if "enum" in s:
+        return "one of " + ", ".join(code(str(v)) for v in s["enum"])
+    kind = s.get("type")
+    if kind == "array" and "prefixItems" in s:
+        return "[" + ", ".join(_type_text(k, code) for k in s["prefixItems"]) + "]"
+    if kind == "object":
+        return f"map of name to {_type_text(s.get('additionalProperties', {}), code)}"
+    name = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}.get(kind, "any")
+    if s.get("minLength") == 1:
+        return f"non-empty {name}"
+    lo = next(((s[k], k) for k in ("minimum", "exclusiveMinimum") if k in s), None)
+    hi = next(((s[k], k) for k in ("maximum", "exclusiveMaximum") if k in s), None)
+    if lo and hi:
+        return f"{name} in {'(' if lo[1][0] == 'e' else '['}{lo[0]}, {hi[0]}{')' if hi[1][0] == 'e' else ']'}"
+    if lo:
+        return f"{name} {'>' if lo[1][0] == 'e' else '>='} {lo[0]}"
+    return name
+
+
+def _default_text(field) -> str | None:
+    if field.is_required():
+        return None
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return repr(value).replace("e-0", "e-")
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _fields(section: str):
+    """(name, type text fn, default text or None, description) for each field of a section."""
+    cls = Config.model_fields[section].annotation
+    props = cls.model_json_schema()["properties"]
+    for name, field in cls.model_fields.items():
+        yield name, (lambda code, s=props[name]: _type_text(s, code)), _default_text(field), field.description
+
+
+def help_text(prog: str) -> str:
+    lines = [
+        f"usage: {prog} [--config FILE] [--section.field VALUE | --section.field=VALUE ...]",
+        "",
+        "Settings come from the defaults, then the YAML --config file, then the flags. Values are YAML:",
+        "8, 1e-6, true, [0.9, 0.95], {math500: data/eval/math500.jsonl}. Reference: docs/config.md",
+    ]
+    for section, field in Config.model_fields.items():
+        lines += ["", f"{section}: {field.description}"]
+        for name, type_text, default, description in _fields(section):
+            default = "required" if default is None else f"default {default}"
+            lines += [f"  --{section}.{name}  {type_text(str)}  ({default})", f"      {description}"]
+    lines += ["", "rules:"] + [f"  {rule}" for rule in CROSS_FIELD_RULES]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> Config:
+    """`--config FILE` plus overrides; on bad input prints "error: ..." lines and exits 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or os.path.basename(sys.argv[0]) or "drgrpo"
+    if "-h" in argv or "--help" in argv:
+        print(help_text(prog))
+        raise SystemExit(0)
+    path, rest, problems, i = None, [], [], 0
+    while i < len(argv):
+        if argv[i] == "--config":
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                problems.append("--config: missing its value (--config FILE)")
+                i += 1
+                continue
+            path, i = argv[i + 1], i + 2
+        elif argv[i].startswith("--config="):
+            path, i = argv[i].split("=", 1)[1], i + 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    try:
+        cfg = load_config(path, rest)
+    except ConfigError as err:
+        problems += err.problems
+        source = err.source
+    else:
+        source = None
+    if problems:
+        usage = f"usage: {prog} [--config FILE] [--section.field VALUE ...]   (--help lists every setting)"
+        print(usage, file=sys.stderr)
+        print(f"error: invalid configuration{f' from {source}' if source else ''}", file=sys.stderr)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return cfg
+
+
+_DOC_INTRO = """\
+# Configuration reference
+
+<!-- Generated by `python -m drgrpo.config --markdown > docs/config.md` from the field
+descriptions in drgrpo/config.py; edit those, not this file (a test checks they match). -->
+
+A run is configured by one YAML file with the sections below, plus command-line overrides; every
+entry point that reads its settings with `drgrpo.config.parse_args` takes the same flags:
+
+```
+<entry point> --config launch/configs/qwen2.5-math-7b.yaml --rollout.samples_per_prompt 4 --learner.lr=2e-6
+```
+
+- Precedence: defaults, then the YAML file, then the flags (left to right; the last one wins).
+- Flag values are parsed as YAML: `8`, `1e-6`, `true`, `null`, `[0.9, 0.95]`, `{math500: data/eval/math500.jsonl}`.
+  Text settings (paths, names, `template`, `resume`) take the string as typed.
+  A flag replaces the value at its path: `--data.eval_paths {aime24: a.jsonl}` replaces the whole
+  map, `--data.eval_paths.aime24 a.jsonl` sets one entry.
+- Unknown sections and fields are errors, in the file and in flags, with the closest valid name suggested.
+- Every problem is reported at once, one `dotted.path: reason` line each; scripts exit with status 2.
+- Relative paths are relative to the working directory, not to the config file.
+- The resolved config (every value, defaults included) is saved as `config.yaml` in `trainer.output_dir`
+  and can be passed back with `--config`. `python -m drgrpo.config --config FILE [flags]` prints it
+  without running anything.
+"""
+
+
+def config_reference_markdown() -> str:
+    """The docs/config.md reference, generated from the field descriptions."""
+    out = [_DOC_INTRO]
+    for section, field in Config.model_fields.items():
+        out += [f"## `{section}`", "", field.description, ""]
+        out += ["| field | type | default | description |", "|---|---|---|---|"]
+        for name, type_text, default, description in _fields(section):
+            default = "**required**" if default is None else f"`{default}`"
+            cells = [f"`{name}`", type_text(lambda s: f"`{s}`"), default, description]
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        out.append("")
+    out += ["## Cross-field rules", "", "Each is reported at the first field it names.", ""]
+    out += [f"- {rule}" for rule in CROSS_FIELD_RULES]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--markdown"]:
+        print(config_reference_markdown(), end="")
+        return
+    print(parse_args(argv, prog="python -m drgrpo.config").to_yaml(), end="")
+
+
+if __name__ == "__main__":
+    main()
