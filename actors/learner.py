@@ -149,13 +149,20 @@ class LearnerActor:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def save(self, folder: str) -> None:
-        """Write a Hugging Face model (rank 0) and every rank's optimizer state into `folder`."""
-        folder_path = Path(folder)
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """The full model state in cfg.model.dtype on CPU, on rank 0 (None elsewhere).
+        Collective: every rank must call it."""
+        dtype = getattr(torch, self.cfg.model.dtype)
         state = {}
         for name, tensor in self.backend.full_parameters():
             if self.rank == 0:
-                state[name] = tensor.to("cpu", getattr(torch, self.cfg.model.dtype)).clone()
+                state[name] = tensor.to("cpu", dtype).clone()
+        return state if self.rank == 0 else None
+
+    def save(self, folder: str) -> None:
+        """Write a Hugging Face model (rank 0) and every rank's optimizer state into `folder`."""
+        folder_path = Path(folder)
+        state = self.full_state()
         if self.rank == 0:
             from transformers import AutoModelForCausalLM
 

@@ -40,6 +40,14 @@ def _on(pg, bundle: int) -> dict:
         placement_group=pg, placement_group_bundle_index=bundle)}
 
 
+def create_learners(cfg: Config, device: str, pg, gpus: float, cpus: float) -> list:
+    """One learner per bundle of `pg`, joined into one torch.distributed group."""
+    addr, port = ray.get(_address_and_port.options(**_on(pg, 0)).remote())
+    n = cfg.cluster.num_learners
+    return [Learner.options(num_gpus=gpus, num_cpus=cpus, **_on(pg, r))
+            .remote(cfg, r, n, addr, port, device) for r in range(n)]
+
+
 class Cluster:
     def __init__(self, cfg: Config, device: str, model_path: str | None = None,
                  max_model_len: int = 4096):
@@ -62,12 +70,7 @@ class Cluster:
         ray.get([self.learner_pg.ready(), self.generator_pg.ready()])
         cpus = 0 if gpu else CPU_SHARE
 
-        addr, port = ray.get(_address_and_port.options(**_on(self.learner_pg, 0)).remote())
-        self.learners = [
-            Learner.options(num_gpus=learner_gpus, num_cpus=cpus, **_on(self.learner_pg, r))
-            .remote(cfg, r, c.num_learners, addr, port, device)
-            for r in range(c.num_learners)
-        ]
+        self.learners = create_learners(cfg, device, self.learner_pg, learner_gpus, cpus)
         self.generators = [
             Generator.options(num_gpus=gen_gpus, num_cpus=cpus, **_on(self.generator_pg, i))
             .remote(model_path, cfg.model.dtype, tp=c.generator_tp, seed=cfg.trainer.seed + i,

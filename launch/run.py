@@ -85,8 +85,12 @@ class Run:
 
     @property
     def ray_init_kwargs(self) -> dict:
-        # Under `ray job submit` RAY_ADDRESS is set and ray.init() joins that cluster.
-        return {"log_to_driver": os.environ.get("DRGRPO_RAY_LOGS", "0") == "1"}
+        # Under `ray job submit` RAY_ADDRESS is set and ray.init() joins that cluster; else a
+        # local one starts (without the dashboard: `ray start --head` gives you one).
+        kwargs = {"log_to_driver": os.environ.get("DRGRPO_RAY_LOGS", "0") == "1"}
+        if "RAY_ADDRESS" not in os.environ:
+            kwargs["include_dashboard"] = False
+        return kwargs
 
     def prompts_for_step(self, step: int) -> list[Problem]:
         """A fresh seeded shuffle every epoch; the batch depends only on (seed, step), so a

@@ -5,7 +5,6 @@ import torch
 
 from drgrpo.algorithm import group_advantages, naive_token_logprobs, policy_loss, token_logprobs
 
-
 # --- advantages -----------------------------------------------------------------------------
 
 def test_dr_grpo_advantage_is_mean_centred_reward():
