@@ -16,7 +16,7 @@ import ray
 import torch
 import torch.distributed as dist
 
-from actors.weight_sync import Manifest, open_group, send_buckets
+from actors.weight_sync import Manifest, buffer_device, open_group, send_buckets
 from drgrpo.algorithm import policy_loss
 from drgrpo.backends import Policy, make_backend
 from drgrpo.batching import (
@@ -129,10 +129,10 @@ class LearnerActor:
     def weight_manifest(self) -> dict:
         return Manifest.plan(self.backend.param_shapes(), self.cfg.model.dtype).to_dict()
 
-    def init_weight_sync(self, host: str, port: int, world_size: int) -> None:
+    def init_weight_sync(self, host: str, port: int, world_size: int, backend: str) -> None:
         if self.rank == 0:
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
             self.sync_group = open_group(host, port, 0, world_size, backend)
+            self.sync_device = buffer_device(backend, self.device)
             self.manifest = Manifest.from_dict(self.weight_manifest())
 
     def send_weights(self) -> dict:
@@ -140,7 +140,7 @@ class LearnerActor:
         start = time.perf_counter()
         if self.rank == 0:
             sent = send_buckets(self.sync_group, self.manifest, self.backend.full_parameters(),
-                                self.device)
+                                self.sync_device)
         else:
             for _ in self.backend.full_parameters():
                 pass

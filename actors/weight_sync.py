@@ -102,6 +102,13 @@ def open_group(host: str, port: int, rank: int, world_size: int, backend: str,
     raise ValueError(f"weight sync backend must be 'gloo' or 'nccl', got {backend!r}")
 
 
+def buffer_device(backend: str, model_device: torch.device) -> torch.device:
+    """Where bucket buffers live: GPU memory for NCCL, host memory for gloo. Colocated GPU
+    runs use gloo too, because NCCL cannot place two ranks (learner 0 and the generator that
+    shares its GPU) on one device in a communicator."""
+    return model_device if backend == "nccl" else torch.device("cpu")
+
+
 def _broadcast(group: dist.ProcessGroup, buffer: torch.Tensor) -> None:
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
@@ -160,12 +167,14 @@ class WeightSyncExtension:
         rank = rank_offset + self.rank
         self._drgrpo_group = open_group(host, port, rank, world_size, backend)
         self._drgrpo_manifest = Manifest.from_dict(manifest)
+        self._drgrpo_backend = backend
         return rank
 
     def receive_weights(self) -> dict:
         """Receive one full update from learner rank 0 and load it in place."""
         start = time.perf_counter()
-        device = next(self.model_runner.get_model().parameters()).device
+        device = buffer_device(self._drgrpo_backend,
+                               next(self.model_runner.get_model().parameters()).device)
         weights = receive_buckets(self._drgrpo_group, self._drgrpo_manifest, device)
         # On the CPU backend `model.load_weights` fails for repacked linear layers;
         # `reload_weights` restores the checkpoint layout, loads, then re-processes.

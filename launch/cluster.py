@@ -88,13 +88,15 @@ class Cluster:
         world = 1 + len(self.generators) * tp
         addr, port = ray.get(_address_and_port.options(**_on(self.learner_pg, 0)).remote())
         manifest = ray.get(self.learners[0].weight_manifest.remote())
-        ray.get([l.init_weight_sync.remote(addr, port, world) for l in self.learners] + [
+        ray.get([l.init_weight_sync.remote(addr, port, world, self._sync_backend)
+                 for l in self.learners] + [
             g.init_weight_sync.remote(addr, port, 1 + i * tp, world, self._sync_backend, manifest)
             for i, g in enumerate(self.generators)])
 
     @property
     def _sync_backend(self) -> str:
-        return "nccl" if self.device == "cuda" else "gloo"
+        # Colocated: NCCL cannot hold two ranks on one GPU (see actors/weight_sync.py).
+        return "nccl" if self.device == "cuda" and not self.cfg.cluster.colocate else "gloo"
 
     # --- the verbs of the training loop ---------------------------------------------------------
 

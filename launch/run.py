@@ -176,6 +176,10 @@ def prepare(cfg: Config) -> Run:
         device = cfg.cluster.resolve_device()
     except ConfigError as err:
         raise InputError("; ".join(err.problems)) from None
+    c = cfg.cluster
+    if c.colocate and (c.num_generators != c.num_learners or c.generator_tp != 1):
+        raise InputError("cluster.colocate: generator i shares learner i's GPU, so it needs "
+                         "num_generators == num_learners and generator_tp == 1")
     output_dir = Path(cfg.trainer.output_dir)
     resume_from = None
     if cfg.trainer.resume == "auto":

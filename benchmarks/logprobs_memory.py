@@ -1,0 +1,96 @@
+"""Peak memory and time of chunked vs naive token log-probs at Qwen2.5's vocabulary (152,064).
+
+    python benchmarks/logprobs_memory.py [--batch 2] [--seq 2048] [--hidden 896]
+
+Each variant runs forward + backward in a fresh process; the figure is the growth of the
+process's peak resident memory over its baseline (CPU), or torch's peak allocation (CUDA).
+Both variants share the same weights, inputs and hidden states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+VOCAB = 152_064
+
+
+def measure(variant: str, batch: int, seq: int, hidden: int, device: str) -> dict:
+    import torch
+
+    from drgrpo.algorithm import naive_token_logprobs, token_logprobs
+
+    torch.manual_seed(0)
+
+    class Base(torch.nn.Module):  # stands in for the transformer body: only its output matters
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(VOCAB, hidden)
+
+        def forward(self, input_ids, attention_mask=None):
+            return type("Out", (), {"last_hidden_state": self.embed(input_ids)})
+
+    class LM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = Base()
+            self.lm_head = torch.nn.Linear(hidden, VOCAB, bias=False)
+
+    lm = LM().to(device)
+    ids = torch.randint(0, VOCAB, (batch, seq), device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.max_memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    if variant == "chunked":
+        out = token_logprobs(lm, ids, chunk_size=1024)
+    else:
+        h = lm.model(ids).last_hidden_state
+        out = naive_token_logprobs(lm.lm_head(h), ids)
+    out.sum().backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"variant": variant, "peak_extra_gb": (peak - base) / 2**30,
+            "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--hidden", type=int, default=896)  # Qwen2.5-0.5B's width
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(measure(args.variant, args.batch, args.seq, args.hidden, args.device)))
+        return
+
+    full = args.batch * (args.seq - 1) * VOCAB * 4 / 2**30
+    print(f"batch {args.batch} x seq {args.seq} x vocab {VOCAB}: one float32 copy of the "
+          f"logits is {full:.2f} GiB")
+    results = {}
+    for variant in ("naive", "chunked"):
+        proc = subprocess.run([sys.executable, __file__, "--variant", variant,
+                               *[f"--{k}={v}" for k, v in vars(args).items() if k != "variant"]],
+                              capture_output=True, text=True, check=True)
+        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = results[variant]
+        print(f"{variant:>8}: peak +{r['peak_extra_gb']:.2f} GiB, {r['seconds']:.2f} s "
+              "(forward + backward)")
+    ratio = results["naive"]["peak_extra_gb"] / max(results["chunked"]["peak_extra_gb"], 1e-9)
+    print(f"naive / chunked peak memory: {ratio:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
