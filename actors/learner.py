@@ -40,6 +40,9 @@ class LearnerActor:
             self.device = torch.device("cuda", 0)
         else:
             self.device = torch.device("cpu")
+            # Ray sets one thread for a fractional-CPU actor; learners train while the
+            # generators idle, so they share the machine's cores between them.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         # DeepSpeed reads these; torch.distributed gets them explicitly below.
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
@@ -74,22 +77,33 @@ class LearnerActor:
     def train(self, steps: list[list[Sample]]) -> dict:
         """This rank's share of each optimizer step of one rollout (see drgrpo.batching)."""
         cfg, start = self.cfg, time.perf_counter()
-        micro = cfg.learner.micro_batch_size
-        # Old log-probs come from the learner's current weights, not from vLLM: the two
-        # engines' numerics differ, and the ratio must be exactly 1 before the first update.
-        mine = [s for step in steps for s in step]
-        old = dict(zip(map(id, mine), self._logprobs(mine)))
-        ref = (dict(zip(map(id, mine), self._logprobs(mine, self.reference)))
+        # A response whose advantage is 0 (its whole group scored alike) adds exactly nothing
+        # to the PPO-clip loss or its gradient, so it is not run; it still counts in
+        # num_responses, the normaliser. With a KL term it is not zero, so it is kept.
+        active = [[s for s in step if s.advantage != 0.0 or cfg.algorithm.kl_coef > 0]
+                  for step in steps]
+        # Old log-probs come from the learner's own weights, not vLLM's (their numerics
+        # differ). The first optimizer step runs on the unchanged weights, so its old
+        # log-probs are the current ones, detached; later steps' are computed now.
+        epochs = cfg.algorithm.epochs_per_step
+        later = [s for step in (active if epochs > 1 else active[1:]) for s in step]
+        old = dict(zip(map(id, later), self._logprobs(later)))
+        everyone = [s for step in active for s in step]
+        ref = (dict(zip(map(id, everyone), self._logprobs(everyone, self.reference)))
                if self.reference is not None else None)
 
         totals = {"loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0, "kl": 0.0}
         grad_norms = []
-        for _ in range(cfg.algorithm.epochs_per_step):
-            for step in steps:
-                for mb in chunks(step, micro):
+        for epoch in range(epochs):
+            for k, step in enumerate(active):
+                for mb in self._aligned_chunks(step):
+                    if mb is None:  # another rank has more to run: join its collectives
+                        self.backend.backward(self._idle_forward(self.backend.module) * 0.0)
+                        continue
                     batch = collate(mb).to(self.device)
                     logprobs = self.backend.module(batch.input_ids, batch.attention_mask)
-                    old_lp = place_response_logprobs([old[id(s)] for s in mb], batch)
+                    old_lp = (logprobs.detach() if epoch == 0 and k == 0 else
+                              place_response_logprobs([old[id(s)] for s in mb], batch))
                     ref_lp = (place_response_logprobs([ref[id(s)] for s in mb], batch)
                               if ref is not None else None)
                     loss, stats = policy_loss(
@@ -101,20 +115,37 @@ class LearnerActor:
                     # of the global sum, so scale it back (drgrpo.algorithm.policy_loss).
                     self.backend.backward(loss * self.world_size)
                     totals["loss"] += loss.item()
-                    for k in ("clipped_tokens", "tokens", "kl"):
-                        totals[k] += stats[k].item()
+                    for key in ("clipped_tokens", "tokens", "kl"):
+                        totals[key] += stats[key].item()
                 grad_norms.append(self.backend.step())
         totals["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         totals["optimizer_steps"] = len(grad_norms)
+        totals["trained_responses"] = len(everyone)
         totals["seconds"] = time.perf_counter() - start
         return totals
 
+    def _aligned_chunks(self, samples: list[Sample]) -> list[list[Sample] | None]:
+        """Micro-batches of `samples`, padded with None to the largest count on any rank (at
+        least one), so every rank runs the same number of forward/backward collectives and
+        every optimizer step sees a gradient, zero if nothing was active."""
+        mbs = chunks(samples, self.cfg.learner.micro_batch_size)
+        count = torch.tensor([max(len(mbs), 1)], device=self.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return mbs + [None] * (int(count.item()) - len(mbs))
+
+    def _idle_forward(self, model) -> torch.Tensor:
+        ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
+        return model(ids, torch.ones_like(ids)).sum()
+
     @torch.no_grad()
     def _logprobs(self, samples: list[Sample], model=None) -> list[torch.Tensor]:
-        """Response-token log-probs of each sample, in order."""
+        """Response-token log-probs of each sample, in order (collective under FSDP/ZeRO-3)."""
         model = model if model is not None else self.backend.module
         values = []
-        for mb in chunks(samples, self.cfg.learner.micro_batch_size):
+        for mb in self._aligned_chunks(samples):
+            if mb is None:
+                self._idle_forward(model)
+                continue
             batch = collate(mb).to(self.device)
             values += response_logprobs(model(batch.input_ids, batch.attention_mask), batch)
         return values

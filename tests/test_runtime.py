@@ -30,7 +30,7 @@ def random_samples(n=8, vocab=300, seed=0):
     rng = random.Random(seed)
     return [Sample([rng.randrange(vocab) for _ in range(rng.randint(3, 6))],
                    [rng.randrange(vocab) for _ in range(rng.randint(1, 8))],
-                   rng.choice([-1.0, -0.5, 0.5, 1.0])) for _ in range(n)]
+                   rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0])) for _ in range(n)]
 
 
 def test_weight_sync_makes_generator_match_learner(ray_local, tiny_model_path, tmp_path):
