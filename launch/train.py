@@ -32,7 +32,8 @@ def train(cfg: Config) -> dict:
 
     from launch.cluster import Cluster
 
-    ray.init(**run.ray_init_kwargs)
+    if not ray.is_initialized():  # launch.compare trains twice in one process
+        ray.init(**run.ray_init_kwargs)
     cluster = Cluster(cfg, run.device, model_path=run.model_path, max_model_len=run.max_model_len)
     state: RunState = run.state
     if run.resume_from:
