@@ -267,8 +267,9 @@ def answers_match(pred: str, golds: list[str]) -> bool:
     return False
 
 
-def _golds(answer: str | list[str]) -> list[str]:
-    answers = answer if isinstance(answer, list) else [answer]
+def _golds(answer: str | list[str] | tuple[str, ...]) -> list[str]:
+    # drgrpo.data.Problem keeps several acceptable answers as a tuple.
+    answers = list(answer) if isinstance(answer, (list, tuple)) else [answer]
     return [str(a) for a in answers]  # the paper's grader also accepts bare numbers
 
 

@@ -84,6 +84,10 @@ def test_list_of_acceptable_answers():
     assert grade_response("\\boxed{0.02}", ["0.01", "0.02"], "no").reward == 1.0
     assert grade_response("\\boxed{0.01}", ["0.01", "0.02"], "no").reward == 1.0
     assert grade_response("\\boxed{0.03}", ["0.01", "0.02"], "no").reward == 0.0
+    # drgrpo.data.Problem holds several answers as a tuple: the same rule applies.
+    assert grade_response("\\boxed{0.02}", ("0.01", "0.02"), "no").reward == 1.0
+    with Grader(timeout_s=10) as grader:
+        assert grader.grade(["\\boxed{0.02}"], [("0.01", "0.02")], "no")[0].reward == 1.0
 
 
 # ---------------------------------------------------------------- equivalence
