@@ -36,7 +36,7 @@ def plot_run(run_dir: str | Path, title: str = "") -> Path:
               color="#2ca02c", linewidth=2)
     left.set(xlabel="policy step", ylabel="accuracy / reward", ylim=(0, 1),
              title="Reward and held-out accuracy")
-    left.legend(loc="lower right")
+    left.legend(loc="upper left")
     left.grid(alpha=0.3)
 
     right.plot(*_series(records, "response_length/correct_mean"), label="correct responses",

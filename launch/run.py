@@ -206,6 +206,15 @@ def prepare(cfg: Config) -> Run:
                         for problems in eval_sets.values() for p in problems), default=0)
     max_model_len = (max(cfg.data.max_prompt_tokens, longest_eval)
                      + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens if eval_sets else 0))
+    # Never past the model's own context (Qwen2.5-Math: 4096): vLLM then ends a response that
+    # reaches it with finish reason "length", as the paper's runs did.
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(model_path,
+                                              trust_remote_code=cfg.model.trust_remote_code)
+    context = getattr(model_config, "max_position_embeddings", None)
+    if context:
+        max_model_len = min(max_model_len, context)
 
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
