@@ -143,5 +143,6 @@ class Cluster:
             ray.kill(actor)
         from ray.util.placement_group import remove_placement_group
 
-        for pg in {id(self.learner_pg): self.learner_pg, id(self.generator_pg): self.generator_pg}.values():
-            remove_placement_group(pg)
+        remove_placement_group(self.learner_pg)
+        if self.generator_pg is not self.learner_pg:  # colocated runs share one
+            remove_placement_group(self.generator_pg)

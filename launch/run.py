@@ -96,12 +96,14 @@ class Run:
         """A fresh seeded shuffle every epoch; the batch depends only on (seed, step), so a
         resumed run draws exactly the prompts the uninterrupted run would have."""
         n, k = len(self.train_set), self.cfg.rollout.prompts_per_step
+        orders: dict[int, list[int]] = {}  # a step spans at most two epochs
         out = []
         for i in range((step - 1) * k, step * k):
             epoch, pos = divmod(i, n)
-            order = list(range(n))
-            random.Random(self.cfg.trainer.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(self.train_set[order[pos]])
+            if epoch not in orders:
+                orders[epoch] = list(range(n))
+                random.Random(self.cfg.trainer.seed * 1_000_003 + epoch).shuffle(orders[epoch])
+            out.append(self.train_set[orders[epoch][pos]])
         return out
 
     # --- logging -------------------------------------------------------------------------------
