@@ -120,6 +120,8 @@ def test_bad_input_stops_before_any_actor(workdir, case, flags, expected, lines)
 @pytest.mark.skipif(shutil.which("ray", path=str(Path(sys.executable).parent)) is None,
                     reason="ray CLI not installed beside this Python")
 def test_ray_job_submit(workdir, tmp_path):
+    """The README's commands. `ray stop --force` ends every Ray process on this machine, so
+    do not run the suite beside a live local training run."""
     ray_cli = str(Path(sys.executable).parent / "ray")
     # As with an activated venv: the cluster runs the job's `python` from PATH.
     env = {**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265",
