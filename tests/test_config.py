@@ -10,13 +10,13 @@ from pydantic import BaseModel, ValidationError
 from drgrpo.config import (
     Config,
     ConfigError,
-    config_reference_markdown,
     config_to_dict,
     load_config,
     parse_args,
     parse_overrides,
     save_config,
 )
+from drgrpo.config_docs import config_reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["--model.path", "m", "--data.train_path", "t.jsonl"]
