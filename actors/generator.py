@@ -9,9 +9,13 @@ processes with vLLM's own `reload_weights`.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import ray
+
+from actors.engine_log import explain_engine_errors
+from actors.placement import start_record
 
 # vLLM-CPU sizes its KV cache from this when no GPU memory fraction applies; tiny models and
 # short responses need little, and a small cache starts fast on a laptop.
@@ -36,7 +40,7 @@ class Sampling:
     top_p: float
     max_new_tokens: int
     stop: tuple[str, ...] = ()
-    seed: int | None = None
+    seed: int | None = None  # the batch's seed; each prompt gets its own (drgrpo.seeds)
 
 
 class GeneratorActor:
@@ -44,6 +48,7 @@ class GeneratorActor:
                  max_model_len: int = 4096, device: str = "cpu",
                  gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
                  trust_remote_code: bool = False):
+        self.started_at = time.time()
         if device == "cpu":
             # Several engines and learners share a few cores: pinning each engine's OpenMP
             # threads to the same cores would serialise them.
@@ -52,29 +57,38 @@ class GeneratorActor:
 
         memory = ({"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES} if device == "cpu"
                   else {"gpu_memory_utilization": gpu_memory_utilization})
-        self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            tensor_parallel_size=tp,
-            seed=seed,
-            max_model_len=max_model_len,
-            enable_prefix_caching=True,
-            enable_sleep_mode=sleep_mode,
-            enforce_eager=(device == "cpu"),
-            trust_remote_code=trust_remote_code,
-            worker_extension_cls="actors.weight_sync.WeightSyncExtension",
-            **memory,
-        )
+        with explain_engine_errors():
+            self.llm = LLM(
+                model=model_path,
+                dtype=dtype,
+                tensor_parallel_size=tp,
+                # Inside a Ray placement group vLLM would pick its `ray` executor, which
+                # refuses a bundle of several GPUs and does not exist on CPUs. Ray has already
+                # made exactly this actor's GPUs visible: vLLM's own processes use them.
+                distributed_executor_backend="mp" if tp > 1 else "uni",
+                seed=seed,
+                max_model_len=max_model_len,
+                enable_prefix_caching=True,
+                enable_sleep_mode=sleep_mode,
+                enforce_eager=(device == "cpu"),
+                trust_remote_code=trust_remote_code,
+                worker_extension_cls="actors.weight_sync.WeightSyncExtension",
+                **memory,
+            )
         self.tokenizer = self.llm.get_tokenizer()
+        self.ready_at = time.time()
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> dict:
+        return start_record(self.started_at, self.ready_at)
 
-    def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[Completion]]:
-        """`n` responses for each prompt: result[i][j] is sample j of prompt i."""
+    def generate(self, prompts: list[str], n: int, sampling: Sampling,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        """`n` responses for each prompt: result[i][j] is sample j of prompt i, drawn with
+        seed `seeds[i] + j` (vLLM's rule for n > 1), so it does not depend on which
+        generator or batch the prompt lands in."""
         from vllm import SamplingParams
 
-        params = SamplingParams(
+        params = [SamplingParams(
             n=n,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -82,9 +96,10 @@ class GeneratorActor:
             stop=list(sampling.stop) or None,
             # The r1 template grades `</answer>`, so the stop string stays in the response.
             include_stop_str_in_output=True,
-            seed=sampling.seed,
-        )
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            seed=seed,
+        ) for seed in (seeds if seeds is not None else [None] * len(prompts))]
+        with explain_engine_errors():
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [
             [Completion(list(out.prompt_token_ids), list(c.token_ids), c.text,
                         c.finish_reason or "stop") for c in out.outputs]
@@ -102,9 +117,10 @@ class GeneratorActor:
     # --- weight sync (see actors/weight_sync.py) -------------------------------------------
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
-                         backend: str, manifest: dict) -> list[int]:
+                         backend: str, manifest: dict, timeout_s: float) -> list[int]:
         return self.llm.collective_rpc(
-            "init_weight_sync", args=(host, port, rank_offset, world_size, backend, manifest))
+            "init_weight_sync",
+            args=(host, port, rank_offset, world_size, backend, manifest, timeout_s))
 
     def receive_weights(self) -> dict:
         stats = self.llm.collective_rpc("receive_weights")[0]

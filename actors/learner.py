@@ -16,6 +16,7 @@ import ray
 import torch
 import torch.distributed as dist
 
+from actors.placement import start_record
 from actors.weight_sync import Manifest, buffer_device, open_group, send_buckets
 from drgrpo.algorithm import policy_loss
 from drgrpo.backends import Policy, make_backend
@@ -34,6 +35,7 @@ class LearnerActor:
                  master_port: int, device: str):
         from transformers import AutoModelForCausalLM
 
+        self.started_at = time.time()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         if device == "cuda":
             torch.cuda.set_device(0)  # Ray exposes exactly this actor's GPU as device 0
@@ -68,9 +70,10 @@ class LearnerActor:
             self.reference = Policy(ref, cfg.rollout.temperature).to(self.device).eval()
             self.reference.requires_grad_(False)
         self.sync_group = None
+        self.ready_at = time.time()
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> dict:
+        return start_record(self.started_at, self.ready_at)
 
     # --- the Dr. GRPO update -----------------------------------------------------------------
 
@@ -160,9 +163,10 @@ class LearnerActor:
     def weight_manifest(self) -> dict:
         return Manifest.plan(self.backend.param_shapes(), self.cfg.model.dtype).to_dict()
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, backend: str) -> None:
+    def init_weight_sync(self, host: str, port: int, world_size: int, backend: str,
+                         timeout_s: float) -> None:
         if self.rank == 0:
-            self.sync_group = open_group(host, port, 0, world_size, backend)
+            self.sync_group = open_group(host, port, 0, world_size, backend, timeout_s)
             self.sync_device = buffer_device(backend, self.device)
             self.manifest = Manifest.from_dict(self.weight_manifest())
 

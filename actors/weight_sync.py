@@ -89,8 +89,9 @@ class Manifest:
 
 
 def open_group(host: str, port: int, rank: int, world_size: int, backend: str,
-               timeout_s: float = 600.0) -> dist.ProcessGroup:
-    """Join the weight-sync group; rank 0 (learner rank 0) hosts the rendezvous store."""
+               timeout_s: float) -> dist.ProcessGroup:
+    """Join the weight-sync group; rank 0 (learner rank 0) hosts the rendezvous store.
+    Every collective of the group, the first included, fails after `timeout_s`."""
     timeout = datetime.timedelta(seconds=timeout_s)
     store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout,
                           wait_for_workers=False)
@@ -98,7 +99,9 @@ def open_group(host: str, port: int, rank: int, world_size: int, backend: str,
     if backend == "gloo":
         return dist.ProcessGroupGloo(store, rank, world_size, timeout)
     if backend == "nccl":
-        return dist.ProcessGroupNCCL(store, rank, world_size)
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timeout  # without it NCCL waits its own default (10 minutes)
+        return dist.ProcessGroupNCCL(store, rank, world_size, options)
     raise ValueError(f"weight sync backend must be 'gloo' or 'nccl', got {backend!r}")
 
 
@@ -163,9 +166,9 @@ class WeightSyncExtension:
     """
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
-                         backend: str, manifest: dict) -> int:
+                         backend: str, manifest: dict, timeout_s: float) -> int:
         rank = rank_offset + self.rank
-        self._drgrpo_group = open_group(host, port, rank, world_size, backend)
+        self._drgrpo_group = open_group(host, port, rank, world_size, backend, timeout_s)
         self._drgrpo_manifest = Manifest.from_dict(manifest)
         self._drgrpo_backend = backend
         return rank

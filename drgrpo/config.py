@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,19 +35,22 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 # coerce_numbers_to_str: `path: 2024` in YAML means the string, not a type error.
 _STRICT = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 _Beta = Annotated[float, Field(ge=0, lt=1)]
+# `~/...` is expanded when the config is read, on the driver, so every actor gets the same
+# absolute path (a learner's `from_pretrained("~/x")` would not expand it).
+_Path = Annotated[str, Field(min_length=1), AfterValidator(os.path.expanduser)]
 
 
 class ModelConfig(BaseModel):
     model_config = _STRICT
-    path: str = Field(min_length=1, description="Base model: a local Hugging Face folder or a hub name such as Qwen/Qwen2.5-Math-7B.")
+    path: _Path = Field(description="Base model: a local Hugging Face folder or a hub name such as Qwen/Qwen2.5-Math-7B.")
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Parameter dtype for generation and training.")
     trust_remote_code: bool = Field(False, description="Let transformers/vLLM run model code shipped with the checkpoint (not needed for Qwen2.5).")
 
 
 class DataConfig(BaseModel):
     model_config = _STRICT
-    train_path: str = Field(min_length=1, description="Training problems: a .jsonl or .parquet file, or a datasets save_to_disk folder.")
-    eval_paths: dict[str, str] = Field(default_factory=dict, description="Benchmarks to evaluate, name -> path (same formats as train_path); empty = no evaluation.")
+    train_path: _Path = Field(description="Training problems: a .jsonl or .parquet file, or a datasets save_to_disk folder.")
+    eval_paths: dict[str, _Path] = Field(default_factory=dict, description="Benchmarks to evaluate, name -> path (same formats as train_path); empty = no evaluation.")
     template: Literal["r1", "qwen_math", "no"] = Field("qwen_math", description="Prompt template: r1 (think/answer tags), qwen_math (Qwen chat, answer in \\boxed{}), or no (the bare question).")
     prompt_key: str = Field("problem", min_length=1, description="Field of each row that holds the question.")
     answer_key: str = Field("answer", min_length=1, description="Field of each row that holds the reference answer (a string or a list of acceptable strings).")
@@ -95,9 +99,13 @@ class ClusterConfig(BaseModel):
     generator_tp: PositiveInt = Field(1, description="Tensor-parallel GPUs per vLLM engine.")
     num_learners: PositiveInt = Field(1, description="Training processes (one GPU each on cuda).")
     num_reward_workers: PositiveInt = Field(2, description="CPU processes that grade responses.")
-    colocate: bool = Field(False, description="GPU-only: generators and learners share the same GPUs and take turns.")
+    colocate: bool = Field(False, description="Generator i shares learner i's GPU and sleeps while the learners train (the paper's setup); on CPUs it only shares the bundle.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of each GPU's memory vLLM may use; null = 0.35 when colocated (the paper's value), else 0.9.")
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when a GPU is visible, else cpu.")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when the Ray cluster has GPUs (any node's, not the driver's), else cpu.")
+    learner_labels: dict[str, str] = Field(default_factory=dict, description="Ray node labels the learners' nodes must carry (`ray start --labels`), e.g. {pool: train}; empty = any node.")
+    generator_labels: dict[str, str] = Field(default_factory=dict, description="Ray node labels the generators' nodes must carry; empty = any node.")
+    placement_timeout_s: float = Field(600.0, gt=0, description="Stop, saying what is missing, when the Ray cluster cannot hold every actor within this many seconds.")
+    sync_timeout_s: float = Field(600.0, gt=0, description="Any weight-sync collective that takes longer than this fails (instead of NCCL's or gloo's own default).")
 
     @model_validator(mode="after")
     def _default_gpu_share(self) -> ClusterConfig:
@@ -106,17 +114,12 @@ class ClusterConfig(BaseModel):
             self.gpu_memory_utilization = 0.35 if self.colocate else 0.9
         return self
 
-    def resolve_device(self) -> Literal["cuda", "cpu"]:
-        """The device to run on; `auto` asks torch whether a GPU is visible."""
+    def resolve_device(self, cluster_resources: Mapping[str, float]) -> Literal["cuda", "cpu"]:
+        """The device to run on. `auto` looks at the Ray cluster's resources, not at the
+        driver's own GPUs: a CPU head node (or a laptop submitting a job) still drives GPUs."""
         if self.device != "auto":
             return self.device
-        import torch
-
-        if torch.cuda.is_available():
-            return "cuda"
-        if self.colocate:
-            raise ConfigError(["cluster.colocate: colocation is GPU-only, but no GPU is visible (cluster.device is auto)"])
-        return "cpu"
+        return "cuda" if cluster_resources.get("GPU", 0) > 0 else "cpu"
 
 
 class EvalConfig(BaseModel):
@@ -132,9 +135,9 @@ class TrainerConfig(BaseModel):
     max_steps: PositiveInt = Field(500, description="Policy steps to run (each: one rollout, then its optimizer steps).")
     eval_every: int = Field(16, ge=0, description="Evaluate every N policy steps; 0 = never.")
     save_every: int = Field(64, ge=0, description="Save a checkpoint every N policy steps; 0 = only the final save, which always happens.")
-    output_dir: str = Field("runs/drgrpo", min_length=1, description="Folder for checkpoints, logs and the resolved config.yaml.")
+    output_dir: _Path = Field("runs/drgrpo", description="Folder for checkpoints, logs and the resolved config.yaml.")
     seed: int = Field(42, ge=0, description="Random seed for data order, sampling and initialisation.")
-    resume: str = Field("never", min_length=1, description="never = start fresh; auto = continue from the latest complete checkpoint in output_dir (fresh if none); else a checkpoint path.")
+    resume: _Path = Field("never", description="never = start fresh; auto = continue from the latest complete checkpoint in output_dir (fresh if none); else a checkpoint path.")
 
 
 # Each rule is reported at the first field it names; listed in --help and docs/config.md.
@@ -142,11 +145,11 @@ CROSS_FIELD_RULES = (
     "rollout.samples_per_prompt >= 2: a group needs two samples for its mean reward to be a baseline.",
     "learner.train_batch_size divides rollout.prompts_per_step x rollout.samples_per_prompt: whole optimizer steps.",
     "learner.train_batch_size is divisible by cluster.num_learners: every learner gets an equal share of a step.",
-    "cluster.colocate needs cluster.device cuda or auto: colocation is GPU-only.",
+    "cluster.colocate needs cluster.num_generators == cluster.num_learners and cluster.generator_tp 1: generator i shares learner i's GPU.",
 )
 _CROSS_FIELD_PATHS = (
     "rollout.prompts_per_step", "rollout.samples_per_prompt", "learner.train_batch_size",
-    "cluster.num_learners", "cluster.colocate", "cluster.device",
+    "cluster.num_learners", "cluster.colocate", "cluster.num_generators", "cluster.generator_tp",
 )
 
 
@@ -171,9 +174,12 @@ def _cross_field_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
         if b % n:
             why = f"must be divisible by cluster.num_learners = {n} (got {b}): every learner takes an equal share"
             out.append(("learner.train_batch_size", why))
-    if have("cluster.colocate", "cluster.device") and v["cluster.colocate"] and v["cluster.device"] == "cpu":
-        why = "colocation is GPU-only; set cluster.device to cuda or auto, or cluster.colocate to false"
-        out.append(("cluster.colocate", why))
+    if have("cluster.colocate", "cluster.num_generators", "cluster.num_learners", "cluster.generator_tp"):
+        g, n, tp = v["cluster.num_generators"], v["cluster.num_learners"], v["cluster.generator_tp"]
+        if v["cluster.colocate"] and (g != n or tp != 1):
+            why = (f"generator i shares learner i's GPU, so it needs cluster.num_generators == "
+                   f"cluster.num_learners and cluster.generator_tp 1 (got {g}, {n}, {tp})")
+            out.append(("cluster.colocate", why))
     return out
 
 

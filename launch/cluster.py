@@ -1,18 +1,20 @@
 """The actors of one run, placed on Ray placement groups, and the verbs the driver uses.
 
 Placement: on GPUs each learner gets one GPU and each generator `generator_tp` GPUs (bundles
-packed per role); with `colocate` (GPU only) generator i shares learner i's GPU and sleeps
-(vLLM sleep mode, weights offloaded and KV cache freed) while the learners train. On CPUs the
-bundles hold fractional CPUs so a laptop fits the whole system.
+packed per role, optionally restricted to nodes by Ray node labels); with `colocate` generator
+i shares learner i's bundle and, on GPUs, sleeps (vLLM sleep mode, weights offloaded and KV
+cache freed) while the learners train. On CPUs the bundles hold fractional CPUs so a laptop
+fits the whole system.
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 import time
 
 import ray
-from ray.util.placement_group import placement_group
+from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.generator import Completion, Generator, Sampling
@@ -20,8 +22,11 @@ from actors.learner import Learner
 from actors.reward_pool import RewardPool
 from drgrpo.batching import Sample
 from drgrpo.config import Config
+from drgrpo.seeds import request_seeds
+from launch.failures import RunError, gather
 
 CPU_SHARE = 0.25  # per actor on a CPU machine: 2 cores hold 2 generators, 2 learners, 2 graders
+NOTICE_AFTER_S = 10.0  # say what the run waits for when placing it takes longer than this
 
 
 def _free_port() -> int:
@@ -40,6 +45,37 @@ def _on(pg, bundle: int) -> dict:
         placement_group=pg, placement_group_bundle_index=bundle)}
 
 
+def reserve(groups: dict[str, tuple[list[dict], dict[str, str]]], timeout_s: float) -> dict:
+    """One placement group per role ({role: (bundles, node label selector)}), or a one-line
+    `RunError` saying what was asked and what the cluster has, instead of waiting forever.
+    (An autoscaling cluster may need minutes to add nodes: hence a wait, not a refusal.)"""
+    pgs = {role: placement_group(bundles, strategy="PACK",
+                                 bundle_label_selector=[labels] * len(bundles) if labels else None)
+           for role, (bundles, labels) in groups.items()}
+    asked = "; ".join(f"{len(bundles)} {role} x {_resources(bundles[0])}"
+                      + (f" on nodes labelled {labels}" if labels else "")
+                      for role, (bundles, labels) in groups.items())
+    refs, start = [pg.ready() for pg in pgs.values()], time.monotonic()
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=min(NOTICE_AFTER_S, timeout_s))
+    if len(ready) < len(refs) and timeout_s > NOTICE_AFTER_S:
+        print(f"waiting for the Ray cluster to place {asked}; it has "
+              f"{_resources(ray.cluster_resources())} (cluster.placement_timeout_s "
+              f"{timeout_s:g})", file=sys.stderr, flush=True)
+        ready, _ = ray.wait(refs, num_returns=len(refs),
+                            timeout=timeout_s - (time.monotonic() - start))
+    if len(ready) < len(refs):
+        for pg in pgs.values():
+            remove_placement_group(pg)
+        raise RunError(f"cluster: the Ray cluster cannot place {asked} (waited {timeout_s:g} s, "
+                       f"cluster.placement_timeout_s); it has {_resources(ray.cluster_resources())}")
+    return pgs
+
+
+def _resources(resources: dict) -> str:
+    shown = {k: v for k, v in sorted(resources.items()) if k in ("CPU", "GPU")}
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in shown.items()) + "}"
+
+
 def create_learners(cfg: Config, device: str, pg, gpus: float, cpus: float) -> list:
     """One learner per bundle of `pg`, joined into one torch.distributed group."""
     addr, port = ray.get(_address_and_port.options(**_on(pg, 0)).remote())
@@ -48,39 +84,60 @@ def create_learners(cfg: Config, device: str, pg, gpus: float, cpus: float) -> l
             .remote(cfg, r, n, addr, port, device) for r in range(n)]
 
 
+def create_generators(pg, n: int, model_path: str, *, dtype: str, device: str, gpus: float,
+                      cpus: float, tp: int = 1, seed: int = 0, max_model_len: int = 4096,
+                      gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
+                      trust_remote_code: bool = False) -> list:
+    """Generator i on bundle i of `pg`, each engine seeded apart."""
+    return [Generator.options(num_gpus=gpus, num_cpus=cpus, **_on(pg, i))
+            .remote(model_path, dtype, tp=tp, seed=seed + i, max_model_len=max_model_len,
+                    device=device, gpu_memory_utilization=gpu_memory_utilization,
+                    sleep_mode=sleep_mode, trust_remote_code=trust_remote_code)
+            for i in range(n)]
+
+
 class Cluster:
     def __init__(self, cfg: Config, device: str, model_path: str | None = None,
                  max_model_len: int = 4096):
         c = cfg.cluster
         self.cfg, self.device = cfg, device
-        model_path = model_path or cfg.model.path
         gpu = device == "cuda"
         if gpu:
             learner_bundle, gen_bundle = {"GPU": 1, "CPU": 1}, {"GPU": c.generator_tp, "CPU": 1}
         else:
             learner_bundle = gen_bundle = {"CPU": CPU_SHARE}
-        if c.colocate:
-            # One GPU per learner; generator i runs on learner i's GPU (half of it each).
-            self.learner_pg = placement_group([learner_bundle] * c.num_learners, strategy="PACK")
-            self.generator_pg, learner_gpus, gen_gpus = self.learner_pg, 0.5, 0.5
-        else:
-            self.learner_pg = placement_group([learner_bundle] * c.num_learners, strategy="PACK")
-            self.generator_pg = placement_group([gen_bundle] * c.num_generators, strategy="PACK")
-            learner_gpus, gen_gpus = (1, c.generator_tp) if gpu else (0, 0)
-        ray.get([self.learner_pg.ready(), self.generator_pg.ready()])
-        cpus = 0 if gpu else CPU_SHARE
+        groups = {"learners": ([learner_bundle] * c.num_learners, c.learner_labels)}
+        if not c.colocate:
+            groups["generators"] = ([gen_bundle] * c.num_generators, c.generator_labels)
+        pgs = reserve(groups, c.placement_timeout_s)
+        # Colocated: generator i runs on learner i's bundle (half of its GPU each).
+        self.learner_pg = pgs["learners"]
+        self.generator_pg = pgs.get("generators", self.learner_pg)
+        # Colocated, generator i and learner i split bundle i between them.
+        share = 0.5 if c.colocate else 1.0
+        learner_gpus, gen_gpus = (share, share * c.generator_tp) if gpu else (0, 0)
+        cpus = 0 if gpu else CPU_SHARE * share
 
+        self.generators = create_generators(
+            self.generator_pg, c.num_generators, model_path or cfg.model.path,
+            dtype=cfg.model.dtype, device=device, gpus=gen_gpus, cpus=cpus, tp=c.generator_tp,
+            seed=cfg.trainer.seed, max_model_len=max_model_len,
+            gpu_memory_utilization=c.gpu_memory_utilization,
+            sleep_mode=c.colocate and gpu, trust_remote_code=cfg.model.trust_remote_code)
+        names = [f"generator {i}" for i in range(c.num_generators)]
+        info = {}
+        if c.colocate:
+            # vLLM sizes its KV cache from the GPU memory it sees free while it profiles: the
+            # learners sharing those GPUs load their weights only after every engine is up.
+            info.update(zip(names, gather([g.ready.remote() for g in self.generators], names)))
         self.learners = create_learners(cfg, device, self.learner_pg, learner_gpus, cpus)
-        self.generators = [
-            Generator.options(num_gpus=gen_gpus, num_cpus=cpus, **_on(self.generator_pg, i))
-            .remote(model_path, cfg.model.dtype, tp=c.generator_tp, seed=cfg.trainer.seed + i,
-                    max_model_len=max_model_len, device=device,
-                    gpu_memory_utilization=c.gpu_memory_utilization, sleep_mode=c.colocate,
-                    trust_remote_code=cfg.model.trust_remote_code)
-            for i in range(c.num_generators)
-        ]
         self.rewards = RewardPool(c.num_reward_workers, options={"num_cpus": 0})
-        ray.get([a.ready.remote() for a in self.learners + self.generators])
+        pending = [(f"learner {r}", l) for r, l in enumerate(self.learners)]
+        if not c.colocate:
+            pending += list(zip(names, self.generators))
+        info.update(zip([n for n, _ in pending],
+                        gather([a.ready.remote() for _, a in pending], [n for n, _ in pending])))
+        self.actors = info  # name -> {"node", "pid", "started", "ready"}: summary.json shows it
         self._init_weight_sync()
 
     def _init_weight_sync(self) -> None:
@@ -88,36 +145,62 @@ class Cluster:
         world = 1 + len(self.generators) * tp
         addr, port = ray.get(_address_and_port.options(**_on(self.learner_pg, 0)).remote())
         manifest = ray.get(self.learners[0].weight_manifest.remote())
-        ray.get([l.init_weight_sync.remote(addr, port, world, self._sync_backend)
-                 for l in self.learners] + [
-            g.init_weight_sync.remote(addr, port, 1 + i * tp, world, self._sync_backend, manifest)
-            for i, g in enumerate(self.generators)])
+        timeout = self.cfg.cluster.sync_timeout_s
+        refs = [l.init_weight_sync.remote(addr, port, world, self._sync_backend, timeout)
+                for l in self.learners] + [
+            g.init_weight_sync.remote(addr, port, 1 + i * tp, world, self._sync_backend,
+                                      manifest, timeout)
+            for i, g in enumerate(self.generators)]
+        gather(refs, self._names())
+
+    @property
+    def learner_names(self) -> list[str]:
+        return [f"learner {r}" for r in range(len(self.learners))]
+
+    @property
+    def generator_names(self) -> list[str]:
+        return [f"generator {i}" for i in range(len(self.generators))]
+
+    def _names(self) -> list[str]:
+        return self.learner_names + self.generator_names
 
     @property
     def _sync_backend(self) -> str:
         # Colocated: NCCL cannot hold two ranks on one GPU (see actors/weight_sync.py).
         return "nccl" if self.device == "cuda" and not self.cfg.cluster.colocate else "gloo"
 
+    @property
+    def _sleeps(self) -> bool:
+        return self.cfg.cluster.colocate and self.device == "cuda"
+
     # --- the verbs of the training loop ---------------------------------------------------------
 
     def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[Completion]]:
-        """Split prompts evenly across generators; result[i] holds prompt i's n samples."""
+        """Split prompts evenly across generators; result[i] holds prompt i's n samples.
+
+        Prompt i is sampled with its own seed, derived from `sampling.seed` and i, so the
+        samples do not depend on how the prompts are split across generators."""
+        seeds = request_seeds(sampling.seed, len(prompts)) if sampling.seed is not None else None
         k = len(self.generators)
         size = -(-len(prompts) // k)
-        refs = [g.generate.remote(prompts[i * size:(i + 1) * size], n, sampling)
-                for i, g in enumerate(self.generators) if prompts[i * size:(i + 1) * size]]
-        return [group for part in ray.get(refs) for group in part]
+        parts = [(i, slice(i * size, (i + 1) * size)) for i in range(k) if prompts[i * size:]]
+        refs = [self.generators[i].generate.remote(prompts[s], n, sampling,
+                                                   seeds[s] if seeds else None)
+                for i, s in parts]
+        return [group for part in gather(refs, [self.generator_names[i] for i, _ in parts])
+                for group in part]
 
     def score(self, responses: list[str], answers: list, template: str, truncated: list[bool]):
         return self.rewards.score(responses, answers, template, truncated)
 
     def train(self, plan: list[list[list[Sample]]]) -> dict:
         """plan[rank][step]: each learner's share of each optimizer step (drgrpo.batching)."""
-        if self.cfg.cluster.colocate:
-            ray.get([g.sleep.remote() for g in self.generators])
-        results = ray.get([l.train.remote(p) for l, p in zip(self.learners, plan)])
-        if self.cfg.cluster.colocate:
-            ray.get([g.wake_up.remote() for g in self.generators])
+        if self._sleeps:
+            gather([g.sleep.remote() for g in self.generators], self.generator_names)
+        results = gather([l.train.remote(p) for l, p in zip(self.learners, plan)],
+                         self.learner_names)
+        if self._sleeps:
+            gather([g.wake_up.remote() for g in self.generators], self.generator_names)
         tokens = sum(r["tokens"] for r in results)
         return {
             "loss": sum(r["loss"] for r in results) / max(results[0]["optimizer_steps"], 1),
@@ -128,21 +211,19 @@ class Cluster:
 
     def sync_weights(self) -> dict:
         start = time.perf_counter()
-        results = ray.get([l.send_weights.remote() for l in self.learners]
-                          + [g.receive_weights.remote() for g in self.generators])
+        results = gather([l.send_weights.remote() for l in self.learners]
+                         + [g.receive_weights.remote() for g in self.generators], self._names())
         return {"seconds": time.perf_counter() - start, "bytes": results[0]["bytes"]}
 
     def save(self, folder: str) -> None:
-        ray.get([l.save.remote(folder) for l in self.learners])
+        gather([l.save.remote(folder) for l in self.learners], self.learner_names)
 
     def load_optimizer(self, folder: str) -> None:
-        ray.get([l.load_optimizer.remote(folder) for l in self.learners])
+        gather([l.load_optimizer.remote(folder) for l in self.learners], self.learner_names)
 
     def shutdown(self) -> None:
         for actor in self.learners + self.generators + self.rewards.workers:
             ray.kill(actor)
-        from ray.util.placement_group import remove_placement_group
-
         remove_placement_group(self.learner_pg)
         if self.generator_pg is not self.learner_pg:  # colocated runs share one
             remove_placement_group(self.generator_pg)

@@ -18,12 +18,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from actors.generator import Completion, Sampling
 from drgrpo.config import EvalConfig
 from drgrpo.data import Problem
+from drgrpo.seeds import derive_seed
 from drgrpo.templates import TEMPLATES, apply_template, stop_strings
 
 PAPER_BENCHMARKS = ("aime24", "amc23", "math500", "minerva", "olympiad_bench")
@@ -93,7 +94,7 @@ def evaluate(cluster, benchmarks: dict[str, list[Problem]], template: str, eval_
             for start in range(0, len(problems), step):
                 chunk = problems[start:start + step]
                 groups = cluster.generate([apply_template(template, p.question) for p in chunk],
-                                          k, sampling)
+                                          k, replace(sampling, seed=derive_seed(seed, name, start)))
                 done += grade_groups(cluster.score, template, name, chunk, groups, start)
                 bar.update(len(chunk) * k)
                 bar.set_postfix(accuracy=f"{summarize(done)['accuracy']:.3f}")
@@ -160,7 +161,6 @@ class Job:
     template: str
     benchmarks: dict[str, list[Problem]]
     eval_cfg: EvalConfig
-    device: str
     max_model_len: int
     output: Path
     settings: dict
@@ -217,7 +217,6 @@ def _max_model_len(args, benchmarks: dict, tokenizer) -> int:
 
 def prepare(args: argparse.Namespace) -> Job:
     """Every check on user input; raises launch.run.InputError. Starts nothing, writes nothing."""
-    from drgrpo.config import ClusterConfig, ConfigError
     from launch.run import InputError, _load_tokenizer
 
     names = list(dict.fromkeys(n.strip() for n in args.benchmarks.split(",") if n.strip()))
@@ -233,10 +232,6 @@ def prepare(args: argparse.Namespace) -> Job:
         tokenizer = _load_tokenizer(args.model, trust_remote_code=False)
     except InputError as err:
         raise InputError(str(err).replace("model.path:", "--model:", 1)) from None
-    try:
-        device = ClusterConfig(device=args.device).resolve_device()
-    except ConfigError as err:
-        raise InputError("; ".join(err.problems)) from None
     max_model_len = _max_model_len(args, benchmarks, tokenizer)
     eval_cfg = EvalConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                           samples=args.samples, limit=args.limit)
@@ -245,31 +240,17 @@ def prepare(args: argparse.Namespace) -> Job:
         "data_files": {n: str(data_dir / f"{n}.jsonl") for n in names},
         "samples": args.samples, "temperature": args.temperature, "top_p": TOP_P,
         "max_new_tokens": args.max_new_tokens, "max_model_len": max_model_len,
-        "limit": args.limit, "seed": args.seed, "dtype": args.dtype, "device": device,
+        "limit": args.limit, "seed": args.seed, "dtype": args.dtype, "device": args.device,
         "num_generators": args.num_generators, "num_reward_workers": args.num_reward_workers,
     }
-    return Job(args.model, args.template, benchmarks, eval_cfg, device, max_model_len, output,
-               settings)
-
-
-def _check_resources(job: Job) -> None:
-    """A placement group the cluster cannot hold would wait forever: say so instead."""
-    import ray
-
-    from launch.cluster import CPU_SHARE
-    from launch.run import InputError
-
-    n, have = job.settings["num_generators"], ray.cluster_resources()
-    kind, need = ("GPU", n) if job.device == "cuda" else ("CPU", n * CPU_SHARE)
-    if have.get(kind, 0) < need:
-        raise InputError(f"--num-generators {n} needs {need:g} {kind}s; the Ray cluster has "
-                         f"{have.get(kind, 0):g}")
+    return Job(args.model, args.template, benchmarks, eval_cfg, max_model_len, output, settings)
 
 
 def run(job: Job) -> tuple[dict, list[dict]]:
     """Start the generators and reward workers, evaluate, shut them down."""
     import ray
 
+    from drgrpo.config import ClusterConfig
     from launch.inference import InferenceCluster
 
     kwargs = {"log_to_driver": os.environ.get("DRGRPO_RAY_LOGS", "0") == "1"}
@@ -277,9 +258,11 @@ def run(job: Job) -> tuple[dict, list[dict]]:
         kwargs["include_dashboard"] = False
     ray.init(**kwargs)
     try:
-        _check_resources(job)
+        device = ClusterConfig(device=job.settings["device"]).resolve_device(
+            ray.cluster_resources())
+        job.settings["device"] = device
         cluster = InferenceCluster(
-            job.model, dtype=job.settings["dtype"], device=job.device,
+            job.model, dtype=job.settings["dtype"], device=device,
             num_generators=job.settings["num_generators"],
             num_reward_workers=job.settings["num_reward_workers"],
             max_model_len=job.max_model_len, seed=job.settings["seed"])
@@ -341,6 +324,7 @@ def write_outputs(output: Path, results: dict, records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from launch.failures import RunError
     from launch.run import InputError
 
     try:
@@ -349,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:  # an actor failed, or the cluster cannot hold the generators
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(write_outputs(job.output, results, records), end="")
     print(f"wrote {job.output}/results.json, results.md, generations.jsonl", file=sys.stderr)
     return 0

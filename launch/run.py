@@ -18,11 +18,12 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from drgrpo.config import Config, ConfigError
+from drgrpo.config import Config
 from drgrpo.data import DataError, Problem, load_problems
 from drgrpo.templates import apply_template
 
@@ -74,7 +75,6 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 @dataclass
 class Run:
     cfg: Config
-    device: str
     model_path: str
     train_set: list[Problem]
     eval_sets: dict[str, list[Problem]]
@@ -82,6 +82,7 @@ class Run:
     state: RunState
     resume_from: Path | None
     output_dir: Path
+    actors: dict = field(default_factory=dict)  # name -> node, pid, start-up times
 
     @property
     def ray_init_kwargs(self) -> dict:
@@ -91,6 +92,9 @@ class Run:
         if "RAY_ADDRESS" not in os.environ:
             kwargs["include_dashboard"] = False
         return kwargs
+
+    def note_actors(self, actors: dict) -> None:
+        self.actors = actors
 
     def prompts_for_step(self, step: int) -> list[Problem]:
         """A fresh seeded shuffle every epoch; the batch depends only on (seed, step), so a
@@ -166,6 +170,7 @@ class Run:
             "eval_accuracy_initial": self.state.eval_accuracy_initial,
             "eval_accuracy_final": self.state.eval_accuracy_final,
             "final": last,
+            "actors": self.actors,
         }
         path = self.output_dir / "summary.json"
         path.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))
@@ -174,20 +179,12 @@ class Run:
 
 
 def prepare(cfg: Config) -> Run:
-    try:
-        device = cfg.cluster.resolve_device()
-    except ConfigError as err:
-        raise InputError("; ".join(err.problems)) from None
-    c = cfg.cluster
-    if c.colocate and (c.num_generators != c.num_learners or c.generator_tp != 1):
-        raise InputError("cluster.colocate: generator i shares learner i's GPU, so it needs "
-                         "num_generators == num_learners and generator_tp == 1")
-    output_dir = Path(cfg.trainer.output_dir)
+    output_dir = absolute_output_dir(cfg)
     resume_from = None
     if cfg.trainer.resume == "auto":
         resume_from = latest_checkpoint(output_dir)
     elif cfg.trainer.resume != "never":
-        resume_from = Path(cfg.trainer.resume)
+        resume_from = Path(cfg.trainer.resume).absolute()
         if not (resume_from / "trainer_state.json").is_file():
             raise InputError(f"trainer.resume: {resume_from} is not a complete checkpoint "
                              "(no trainer_state.json)")
@@ -217,6 +214,7 @@ def prepare(cfg: Config) -> Run:
     context = getattr(model_config, "max_position_embeddings", None)
     if context:
         max_model_len = min(max_model_len, context)
+    _check_tensor_parallel(cfg.cluster.generator_tp, model_config, model_path)
 
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -230,8 +228,34 @@ def prepare(cfg: Config) -> Run:
         _truncate_metrics(output_dir / "metrics.jsonl", state.step)
     else:
         (output_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return Run(cfg, device, model_path, train_set, eval_sets, max_model_len, state,
-               resume_from, output_dir)
+    return Run(cfg, model_path, train_set, eval_sets, max_model_len, state, resume_from,
+               output_dir)
+
+
+def absolute_output_dir(cfg: Config) -> Path:
+    """trainer.output_dir made absolute here, on the driver, and written back into `cfg`, so
+    every learner on every node writes its checkpoint shard to the same path (which, across
+    nodes, must be shared storage)."""
+    output_dir = Path(cfg.trainer.output_dir).expanduser().absolute()
+    if not Path(cfg.trainer.output_dir).expanduser().is_absolute() and \
+            "working_dir" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
+        print(f"warning: trainer.output_dir is relative, so this job writes into Ray's "
+              f"temporary copy of its working directory: {output_dir}; pass an absolute "
+              f"path to keep the run", file=sys.stderr)
+    cfg.trainer.output_dir = str(output_dir)
+    return output_dir
+
+
+def _check_tensor_parallel(tp: int, model_config, model_path: str) -> None:
+    """vLLM splits attention heads over the tensor-parallel GPUs (and replicates KV heads
+    when there are fewer of them than GPUs)."""
+    heads = getattr(model_config, "num_attention_heads", None)
+    kv = getattr(model_config, "num_key_value_heads", None) or heads
+    if tp == 1 or heads is None:
+        return
+    if heads % tp or (kv % tp and tp % kv):
+        raise InputError(f"cluster.generator_tp: {tp} GPUs cannot split the {heads} attention "
+                         f"heads ({kv} key/value heads) of {model_path}; use a divisor of {heads}")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

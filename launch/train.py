@@ -21,8 +21,10 @@ from drgrpo.algorithm import group_advantages
 from drgrpo.batching import Sample, plan_steps
 from drgrpo.config import Config, parse_args
 from drgrpo.metrics import rollout_metrics
+from drgrpo.seeds import derive_seed
 from drgrpo.templates import apply_template, stop_strings
 from launch.evaluate import evaluate
+from launch.failures import RunError
 from launch.run import InputError, RunState, prepare
 
 
@@ -34,7 +36,9 @@ def train(cfg: Config) -> dict:
 
     if not ray.is_initialized():  # launch.compare trains twice in one process
         ray.init(**run.ray_init_kwargs)
-    cluster = Cluster(cfg, run.device, model_path=run.model_path, max_model_len=run.max_model_len)
+    device = cfg.cluster.resolve_device(ray.cluster_resources())
+    cluster = Cluster(cfg, device, model_path=run.model_path, max_model_len=run.max_model_len)
+    run.note_actors(cluster.actors)
     state: RunState = run.state
     if run.resume_from:
         cluster.load_optimizer(str(run.resume_from))
@@ -44,61 +48,60 @@ def train(cfg: Config) -> dict:
 
     if run.eval_sets and state.step == 0:
         run.log_eval(0, evaluate(cluster, run.eval_sets, template, cfg.eval, cfg.trainer.seed)[0])
-    progress = run.progress_bar()
-    for step in range(state.step + 1, cfg.trainer.max_steps + 1):
-        t0 = time.perf_counter()
+    with run.progress_bar() as progress:  # closed before any error line is printed
+        for step in range(state.step + 1, cfg.trainer.max_steps + 1):
+            t0 = time.perf_counter()
 
-        # 1. Sample a batch of questions and a group of G responses to each.
-        problems = run.prompts_for_step(step)
-        prompts = [apply_template(template, p.question) for p in problems]
-        step_sampling = replace(sampling, seed=cfg.trainer.seed * 100_003 + step)
-        groups = cluster.generate(prompts, G, step_sampling)
-        completions = [c for group in groups for c in group]
-        t1 = time.perf_counter()
+            # 1. Sample a batch of questions and a group of G responses to each.
+            problems = run.prompts_for_step(step)
+            prompts = [apply_template(template, p.question) for p in problems]
+            step_sampling = replace(sampling, seed=derive_seed(cfg.trainer.seed, "rollout", step))
+            groups = cluster.generate(prompts, G, step_sampling)
+            completions = [c for group in groups for c in group]
+            t1 = time.perf_counter()
 
-        # 2. Score every response against its question's reference answer (0/1 reward).
-        answers = [p.answer for p in problems for _ in range(G)]
-        verdicts = cluster.score([c.text for c in completions], answers, template,
-                                 [c.truncated for c in completions])
-        rewards = torch.tensor([v.reward for v in verdicts])
-        t2 = time.perf_counter()
+            # 2. Score every response against its question's reference answer (0/1 reward).
+            answers = [p.answer for p in problems for _ in range(G)]
+            verdicts = cluster.score([c.text for c in completions], answers, template,
+                                     [c.truncated for c in completions])
+            rewards = torch.tensor([v.reward for v in verdicts])
+            t2 = time.perf_counter()
 
-        # 3. Advantages within each group: r - mean(group) (Dr. GRPO; GRPO also divides by std).
-        advantages = group_advantages(rewards, G, cfg.algorithm.method)
+            # 3. Advantages within each group: r - mean(group) (Dr. GRPO; GRPO also divides by std).
+            advantages = group_advantages(rewards, G, cfg.algorithm.method)
 
-        # 4. Policy update: the rollout is trained as optimizer steps of train_batch_size.
-        samples = [Sample(c.prompt_ids, c.response_ids, a)
-                   for c, a in zip(completions, advantages.tolist())]
-        plan = plan_steps(samples, cfg.learner.train_batch_size, cfg.cluster.num_learners,
-                          seed=cfg.trainer.seed * 100_003 + step)
-        train_stats = cluster.train(plan)
-        t3 = time.perf_counter()
+            # 4. Policy update: the rollout is trained as optimizer steps of train_batch_size.
+            samples = [Sample(c.prompt_ids, c.response_ids, a)
+                       for c, a in zip(completions, advantages.tolist())]
+            plan = plan_steps(samples, cfg.learner.train_batch_size, cfg.cluster.num_learners,
+                              seed=cfg.trainer.seed * 100_003 + step)
+            train_stats = cluster.train(plan)
+            t3 = time.perf_counter()
 
-        # 5. The generators sample the next rollout from the new weights.
-        sync = cluster.sync_weights()
-        t4 = time.perf_counter()
+            # 5. The generators sample the next rollout from the new weights.
+            sync = cluster.sync_weights()
+            t4 = time.perf_counter()
 
-        lengths = [len(c.response_ids) for c in completions]
-        metrics = {
-            "step": step,
-            **rollout_metrics(lengths, rewards.tolist(), [c.truncated for c in completions],
-                              [v.timed_out or v.crashed for v in verdicts],
-                              [v.formatted for v in verdicts]),
-            **train_stats,
-            "time/step_s": t4 - t0, "time/generate_s": t1 - t0, "time/reward_s": t2 - t1,
-            "time/train_s": t3 - t2, "time/weight_sync_s": t4 - t3,
-            "weight_sync/bytes": sync["bytes"],
-            "tokens_per_s": sum(lengths) / (t1 - t0),
-        }
-        if run.eval_sets and cfg.trainer.eval_every and (
-                step % cfg.trainer.eval_every == 0 or step == cfg.trainer.max_steps):
-            eval_metrics, _ = evaluate(cluster, run.eval_sets, template, cfg.eval, cfg.trainer.seed)
-            metrics.update(eval_metrics)
-        run.log_step(metrics, progress)
-        if step == cfg.trainer.max_steps or (cfg.trainer.save_every
-                                             and step % cfg.trainer.save_every == 0):
-            run.save_checkpoint(cluster, step)
-    progress.close()
+            lengths = [len(c.response_ids) for c in completions]
+            metrics = {
+                "step": step,
+                **rollout_metrics(lengths, rewards.tolist(), [c.truncated for c in completions],
+                                  [v.timed_out or v.crashed for v in verdicts],
+                                  [v.formatted for v in verdicts]),
+                **train_stats,
+                "time/step_s": t4 - t0, "time/generate_s": t1 - t0, "time/reward_s": t2 - t1,
+                "time/train_s": t3 - t2, "time/weight_sync_s": t4 - t3,
+                "weight_sync/bytes": sync["bytes"],
+                "tokens_per_s": sum(lengths) / (t1 - t0),
+            }
+            if run.eval_sets and cfg.trainer.eval_every and (
+                    step % cfg.trainer.eval_every == 0 or step == cfg.trainer.max_steps):
+                eval_metrics, _ = evaluate(cluster, run.eval_sets, template, cfg.eval, cfg.trainer.seed)
+                metrics.update(eval_metrics)
+            run.log_step(metrics, progress)
+            if step == cfg.trainer.max_steps or (cfg.trainer.save_every
+                                                 and step % cfg.trainer.save_every == 0):
+                run.save_checkpoint(cluster, step)
     summary = run.write_summary()
     cluster.shutdown()
     return summary
@@ -111,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:  # an actor failed, or the cluster cannot hold the run
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

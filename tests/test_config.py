@@ -160,7 +160,7 @@ def test_missing_values_and_required_fields():
     (["--rollout.samples_per_prompt", "1"], "rollout.samples_per_prompt: must be at least 2 (got 1)"),
     (["--learner.train_batch_size", "96"], "learner.train_batch_size: must divide rollout.prompts_per_step x rollout.samples_per_prompt = 128 x 8 = 1024 (got 96)"),
     (["--cluster.num_learners", "3"], "learner.train_batch_size: must be divisible by cluster.num_learners = 3 (got 128)"),
-    (["--cluster.colocate", "true", "--cluster.device", "cpu"], "cluster.colocate: colocation is GPU-only"),
+    (["--cluster.colocate", "true", "--cluster.num_generators", "2"], "cluster.colocate: generator i shares learner i's GPU"),
 ])
 def test_cross_field_rules(flags, expected):
     [found] = problems(None, [*REQUIRED, *flags])

@@ -62,6 +62,32 @@ def test_weight_sync_makes_generator_match_learner(ray_local, tiny_model_path, t
         cluster.shutdown()
 
 
+def test_every_prompt_draws_its_own_samples(ray_local, tiny_model_path, tmp_path):
+    """One seed per step would give sample j of every prompt the same random numbers, so two
+    copies of a question would get identical groups. Each prompt gets its own seed instead,
+    derived from the step's seed and its position, whichever generator samples it."""
+    from actors.generator import Sampling
+    from drgrpo.seeds import request_seeds
+    from launch.cluster import Cluster
+
+    cfg = tiny_config(tiny_model_path, tmp_path, **{"cluster.num_generators": 2,
+                                                     "cluster.num_learners": 1,
+                                                     "cluster.num_reward_workers": 1})
+    cluster = Cluster(cfg, "cpu", max_model_len=256)
+    try:
+        sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=1234)
+        prompts = ["What is 2 + 3?"] * 4  # generator 0 samples two copies, generator 1 two
+        groups = [[c.response_ids for c in g] for g in cluster.generate(prompts, 3, sampling)]
+        assert len({tuple(map(tuple, g)) for g in groups}) == 4, groups
+        again = [[c.response_ids for c in g] for g in cluster.generate(prompts, 3, sampling)]
+        assert again == groups  # reproducible
+        alone = ray.get(cluster.generators[1].generate.remote(
+            prompts, 3, sampling, request_seeds(sampling.seed, len(prompts))))
+        assert [[c.response_ids for c in g] for g in alone] == groups  # placement-free
+    finally:
+        cluster.shutdown()
+
+
 def _train_once(cfg, samples):
     from ray.util.placement_group import placement_group, remove_placement_group
 

