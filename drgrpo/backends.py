@@ -1,8 +1,10 @@
 """Data-parallel training backends: torch FSDP2 (`fully_shard`) and DeepSpeed ZeRO.
 
-Both wrap the same `Policy` module and expose the few operations a learner needs: backward,
-an optimizer step (with gradient clipping, returning the global grad norm), an iterator over
-full (gathered) parameters for weight sync and saving, and optimizer-state checkpoints.
+`load_policy` builds the model to train and wraps it in the configured backend: the one place
+that setup lives, so whatever runs it trains the model the learner trains. Both backends wrap
+the same `Policy` module and expose the few operations a learner needs: backward, an optimizer
+step (with gradient clipping, returning the global grad norm), an iterator over full (gathered)
+parameters for weight sync and saving, and optimizer-state checkpoints.
 
 Normalisation contract (see `drgrpo.algorithm.policy_loss`): both frameworks average gradients
 over data-parallel ranks, so the learner multiplies its loss by the world size; DeepSpeed's
@@ -40,10 +42,32 @@ def _hf_name(name: str) -> str:
     return name.removeprefix("lm.")
 
 
+def build_policy_model(cfg: Config) -> nn.Module:
+    """The Hugging Face causal LM to train: fp32 master weights (the backend computes in
+    cfg.model.dtype), no KV cache, optional gradient checkpointing."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(
+        cfg.model.path, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.learner.gradient_checkpointing:
+        # Non-reentrant: works with FSDP2's hooks and with inputs that do not require grad.
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.config.use_cache = False
+    return lm
+
+
+def load_policy(cfg: Config, device: torch.device):
+    """Build the policy (`build_policy_model`) and wrap it in the configured backend.
+    torch.distributed must already be initialised."""
+    lm = build_policy_model(cfg)
+    return make_backend(Policy(lm, cfg.rollout.temperature), cfg, device)
+
+
 class FSDPBackend:
     def __init__(self, policy: Policy, cfg: Config, device: torch.device):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        self.hf_config = policy.lm.config  # written next to checkpoints
         compute = getattr(torch, cfg.model.dtype)
         mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
         policy.to(device)
@@ -97,6 +121,7 @@ class DeepSpeedBackend:
         import deepspeed
 
         self.stage = cfg.learner.zero_stage
+        self.hf_config = policy.lm.config  # written next to checkpoints
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: we feed our own batches
             "gradient_accumulation_steps": 1,
