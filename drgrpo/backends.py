@@ -43,8 +43,9 @@ def _hf_name(name: str) -> str:
 
 
 def build_policy_model(cfg: Config) -> nn.Module:
-    """The Hugging Face causal LM to train: fp32 master weights (the backend computes in
-    cfg.model.dtype), no KV cache, optional gradient checkpointing."""
+    """The Hugging Face causal LM to train, set up for RL training: fp32 master weights (the
+    backend computes in cfg.model.dtype), no KV cache, optional gradient checkpointing, train
+    mode and no dropout."""
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(
@@ -53,7 +54,38 @@ def build_policy_model(cfg: Config) -> nn.Module:
         # Non-reentrant: works with FSDP2's hooks and with inputs that do not require grad.
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
+    disable_dropout(lm)
+    # from_pretrained returns the model in eval mode, and transformers' checkpointed layers
+    # only recompute when `self.training` is true: without this, gradient checkpointing is
+    # silently off and long responses run out of memory.
+    lm.train()
     return lm
+
+
+def disable_dropout(lm: nn.Module) -> None:
+    """Set every dropout probability to 0, as TRL and OpenRLHF do for RL.
+
+    Dropout would make each log-prob pass a different random function: the first optimizer
+    step's "old" log-probs (the training forward, detached) would no longer equal a no-grad
+    pass, and the PPO ratio would carry noise. Hugging Face attention modules copy
+    `config.attention_dropout` into a float attribute when built, so both the config and the
+    modules' attributes are zeroed, as well as any `nn.Dropout`.
+    """
+    for key, value in list(vars(lm.config).items()):
+        if _is_dropout_rate(key, value):
+            setattr(lm.config, key, 0.0)
+    for module in lm.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for key, value in list(vars(module).items()):
+            if _is_dropout_rate(key, value):
+                setattr(module, key, 0.0)
+
+
+def _is_dropout_rate(name: str, value) -> bool:
+    # `*dropout*` (attention_dropout, hidden_dropout, ...) and GPT-2's `*_pdrop`; not flags.
+    return (("dropout" in name or name.endswith("pdrop"))
+            and isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def load_policy(cfg: Config, device: torch.device):
