@@ -11,7 +11,12 @@
 # machine's own packages stay as they are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+# The first of python3 and python that has torch, unless PYTHON says which.
+PY=${PYTHON:-}
+for candidate in python3 python; do
+  if [ -z "$PY" ] && "$candidate" -c 'import torch' 2>/dev/null; then PY=$candidate; fi
+done
+if [ -z "$PY" ]; then echo "no python with torch found; set PYTHON" >&2; exit 1; fi
 OUT=${OUT:-runs/gpu_check}
 WHEELS=${WHEELS:-.whl}
 mkdir -p "$OUT"
