@@ -224,10 +224,12 @@ def main() -> None:
 
     started = time.perf_counter()
     shape = "tiny" if args.tiny else "qwen2.5-0.5b"
-    seq = args.seq or (64 if args.tiny else 4096)
+    seq = args.seq if args.seq is not None else (64 if args.tiny else 4096)
     batches = sorted(int(b) for b in (args.batch or ("2" if args.tiny else "1,4,16")).split(","))
-    steps = args.steps or (2 if args.tiny else 5)
+    steps = args.steps if args.steps is not None else (2 if args.tiny else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 2)
+    if steps < 1 or warmup < 0 or min(batches) < 1 or seq < 2:
+        parser.error("the least values are --steps 1, --batch 1, --warmup 0, --seq 2")
     import torch
     import transformers
 
