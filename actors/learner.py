@@ -19,7 +19,7 @@ import torch.distributed as dist
 from actors.placement import start_record
 from actors.weight_sync import Manifest, buffer_device, open_group, send_buckets
 from drgrpo.algorithm import policy_loss
-from drgrpo.backends import Policy, make_backend
+from drgrpo.backends import Policy, load_policy
 from drgrpo.batching import (
     Sample,
     chunks,
@@ -33,8 +33,6 @@ from drgrpo.config import Config
 class LearnerActor:
     def __init__(self, cfg: Config, rank: int, world_size: int, master_addr: str,
                  master_port: int, device: str):
-        from transformers import AutoModelForCausalLM
-
         self.started_at = time.time()
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         if device == "cuda":
@@ -54,16 +52,12 @@ class LearnerActor:
             rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30))
         torch.manual_seed(cfg.trainer.seed)
 
-        # fp32 master weights; the backend computes in cfg.model.dtype.
-        lm = AutoModelForCausalLM.from_pretrained(
-            cfg.model.path, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code)
-        if cfg.learner.gradient_checkpointing:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        lm.config.use_cache = False
-        self.config_for_save = lm.config
-        self.backend = make_backend(Policy(lm, cfg.rollout.temperature), cfg, self.device)
+        self.backend = load_policy(cfg, self.device)
+        self.config_for_save = self.backend.hf_config
         self.reference = None
         if cfg.algorithm.kl_coef > 0:  # the paper's setting is 0: then no reference is loaded
+            from transformers import AutoModelForCausalLM
+
             ref = AutoModelForCausalLM.from_pretrained(
                 cfg.model.path, dtype=getattr(torch, cfg.model.dtype),
                 trust_remote_code=cfg.model.trust_remote_code)

@@ -1,8 +1,10 @@
 """Data-parallel training backends: torch FSDP2 (`fully_shard`) and DeepSpeed ZeRO.
 
-Both wrap the same `Policy` module and expose the few operations a learner needs: backward,
-an optimizer step (with gradient clipping, returning the global grad norm), an iterator over
-full (gathered) parameters for weight sync and saving, and optimizer-state checkpoints.
+`load_policy` builds the model to train and wraps it in the configured backend: the one place
+that setup lives, so whatever runs it trains the model the learner trains. Both backends wrap
+the same `Policy` module and expose the few operations a learner needs: backward, an optimizer
+step (with gradient clipping, returning the global grad norm), an iterator over full (gathered)
+parameters for weight sync and saving, and optimizer-state checkpoints.
 
 Normalisation contract (see `drgrpo.algorithm.policy_loss`): both frameworks average gradients
 over data-parallel ranks, so the learner multiplies its loss by the world size; DeepSpeed's
@@ -40,10 +42,64 @@ def _hf_name(name: str) -> str:
     return name.removeprefix("lm.")
 
 
+def build_policy_model(cfg: Config) -> nn.Module:
+    """The Hugging Face causal LM to train, set up for RL training: fp32 master weights (the
+    backend computes in cfg.model.dtype), no KV cache, optional gradient checkpointing, train
+    mode and no dropout."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(
+        cfg.model.path, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.learner.gradient_checkpointing:
+        # Non-reentrant: works with FSDP2's hooks and with inputs that do not require grad.
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.config.use_cache = False
+    disable_dropout(lm)
+    # from_pretrained returns the model in eval mode, and transformers' checkpointed layers
+    # only recompute when `self.training` is true: without this, gradient checkpointing is
+    # silently off and long responses run out of memory.
+    lm.train()
+    return lm
+
+
+def disable_dropout(lm: nn.Module) -> None:
+    """Set every dropout probability to 0, as TRL and OpenRLHF do for RL.
+
+    Dropout would make each log-prob pass a different random function: the first optimizer
+    step's "old" log-probs (the training forward, detached) would no longer equal a no-grad
+    pass, and the PPO ratio would carry noise. Hugging Face attention modules copy
+    `config.attention_dropout` into a float attribute when built, so both the config and the
+    modules' attributes are zeroed, as well as any `nn.Dropout`.
+    """
+    for key, value in list(vars(lm.config).items()):
+        if _is_dropout_rate(key, value):
+            setattr(lm.config, key, 0.0)
+    for module in lm.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for key, value in list(vars(module).items()):
+            if _is_dropout_rate(key, value):
+                setattr(module, key, 0.0)
+
+
+def _is_dropout_rate(name: str, value) -> bool:
+    # `*dropout*` (attention_dropout, hidden_dropout, ...) and GPT-2's `*_pdrop`; not flags.
+    return (("dropout" in name or name.endswith("pdrop"))
+            and isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def load_policy(cfg: Config, device: torch.device):
+    """Build the policy (`build_policy_model`) and wrap it in the configured backend.
+    torch.distributed must already be initialised."""
+    lm = build_policy_model(cfg)
+    return make_backend(Policy(lm, cfg.rollout.temperature), cfg, device)
+
+
 class FSDPBackend:
     def __init__(self, policy: Policy, cfg: Config, device: torch.device):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        self.hf_config = policy.lm.config  # written next to checkpoints
         compute = getattr(torch, cfg.model.dtype)
         mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
         policy.to(device)
@@ -97,6 +153,7 @@ class DeepSpeedBackend:
         import deepspeed
 
         self.stage = cfg.learner.zero_stage
+        self.hf_config = policy.lm.config  # written next to checkpoints
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: we feed our own batches
             "gradient_accumulation_steps": 1,
