@@ -1,12 +1,14 @@
-"""The metrics fan-out without Ray: what TensorBoard's own reader sees, resume, W&B offline."""
+"""The metrics fan-out without Ray: what TensorBoard's own reader sees, resume, missing wandb."""
 
 import json
+import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from drgrpo.config import Config
 from launch.loggers import Loggers
+from launch.run import InputError, prepare
 
 
 def config(tmp_path, loggers=("jsonl", "tensorboard")) -> Config:
@@ -82,6 +84,24 @@ def test_jsonl_only_writes_no_event_files(tmp_path):
         log_steps(loggers, (1,))
     assert steps_in_jsonl(tmp_path) == [(1, 1)]
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_missing_wandb_stops_with_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: import fails
+    cfg = config(tmp_path, loggers=["jsonl", "tensorboard", "wandb"])
+    with pytest.raises(InputError) as info:
+        prepare(cfg)
+    assert str(info.value) == "trainer.loggers: wandb needs the wandb package: pip install wandb"
+
+    from launch.train import main
+
+    code = main(["--model.path", str(tmp_path / "no-model"), "--data.train_path", "t.jsonl",
+                 "--trainer.output_dir", str(tmp_path / "run"),
+                 "--trainer.loggers", "[jsonl, tensorboard, wandb]"])
+    assert code == 2
+    assert capsys.readouterr().err == ("error: trainer.loggers: wandb needs the wandb package: "
+                                       "pip install wandb\n")
+    assert not (tmp_path / "run").exists()  # checked before the model, data or output folder
 
 
 def test_wandb_offline_gets_the_same_numbers(tmp_path, monkeypatch):
