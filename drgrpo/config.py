@@ -138,6 +138,19 @@ class TrainerConfig(BaseModel):
     output_dir: _Path = Field("runs/drgrpo", description="Folder for checkpoints, logs and the resolved config.yaml.")
     seed: int = Field(42, ge=0, description="Random seed for data order, sampling and initialisation.")
     resume: _Path = Field("never", description="never = start fresh; auto = continue from the latest complete checkpoint in output_dir (fresh if none); else a checkpoint path.")
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(default_factory=lambda: ["jsonl", "tensorboard"], description="Where each step's metrics go: jsonl (metrics.jsonl; required, as summary.json, the plots and resume read it), tensorboard (output_dir/tensorboard/), wandb (needs the wandb package; WANDB_MODE=offline logs without a network).")
+    wandb_project: str = Field("drgrpo", min_length=1, description="W&B project when loggers has wandb; the W&B run is named after output_dir's last folder.")
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers(cls, names: list[str]) -> list[str]:
+        twice = [n for i, n in enumerate(names) if n in names[:i]]
+        if twice:
+            raise PydanticCustomError("loggers", "{name} is listed twice", {"name": twice[0]})
+        if "jsonl" not in names:
+            # Not silently added: the list should say every place the metrics go.
+            raise PydanticCustomError("loggers", "must include jsonl: summary.json, the plots and trainer.resume read metrics.jsonl")
+        return names
 
 
 # Each rule is reported at the first field it names; listed in --help and docs/config.md.

@@ -21,6 +21,8 @@ def _type_text(s: Mapping[str, Any], code=str) -> str:
     kind = s.get("type")
     if kind == "array" and "prefixItems" in s:
         return "[" + ", ".join(_type_text(k, code) for k in s["prefixItems"]) + "]"
+    if kind == "array" and "items" in s:
+        return f"list, each {_type_text(s['items'], code)}"
     if kind == "object":
         return f"map of name to {_type_text(s.get('additionalProperties', {}), code)}"
     name = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}.get(kind, "any")

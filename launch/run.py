@@ -1,9 +1,9 @@
 """The bookkeeping of one training run, kept out of the step loop.
 
-`prepare` does every check on user input before any actor starts (model folder, tokenizer,
-datasets, output folder, checkpoint to resume), so bad input stops with one line and nothing
-else; `Run` then owns the prompt order, metrics.jsonl, the progress bar, checkpoints and
-summary.json.
+`prepare` does every check on user input before any actor starts (loggers' packages, model
+folder, tokenizer, datasets, output folder, checkpoint to resume), so bad input stops with one line and nothing
+else; `Run` then owns the prompt order, the metrics loggers (launch/loggers.py), the progress
+bar, checkpoints and summary.json.
 
 Checkpoints: `<output_dir>/checkpoints/step_000012/` holds `model/` (Hugging Face format with
 the tokenizer: loadable by transformers and vLLM), `optimizer/` (every learner's state) and
@@ -26,6 +26,7 @@ from pathlib import Path
 from drgrpo.config import Config
 from drgrpo.data import DataError, Problem, load_problems
 from drgrpo.templates import apply_template
+from launch.loggers import Loggers, LoggerStartError, missing_package
 
 CHECKPOINT = re.compile(r"^step_(\d{6,})$")
 
@@ -82,6 +83,7 @@ class Run:
     state: RunState
     resume_from: Path | None
     output_dir: Path
+    loggers: Loggers
     actors: dict = field(default_factory=dict)  # name -> node, pid, start-up times
 
     @property
@@ -120,7 +122,7 @@ class Run:
                     dynamic_ncols=True)
 
     def log_eval(self, step: int, eval_metrics: dict) -> None:
-        self._append({"step": step, **eval_metrics})
+        self.loggers.log({"step": step, **eval_metrics})
         self._note_eval(eval_metrics)
 
     def _note_eval(self, eval_metrics: dict) -> None:
@@ -132,14 +134,10 @@ class Run:
     def log_step(self, metrics: dict, progress) -> None:
         self.state.step = metrics["step"]
         self._note_eval(metrics)
-        self._append(metrics)
+        self.loggers.log(metrics)
         progress.update(1)
         progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
                              step_s=f"{metrics['time/step_s']:.1f}", refresh=False)
-
-    def _append(self, record: dict) -> None:
-        with open(self.output_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
 
     # --- checkpoints and the end -----------------------------------------------------------------
 
@@ -179,6 +177,10 @@ class Run:
 
 
 def prepare(cfg: Config) -> Run:
+    missing = missing_package(cfg.trainer.loggers)
+    if missing:
+        raise InputError(f"trainer.loggers: {missing} needs the {missing} package: "
+                         f"pip install {missing}")
     output_dir = absolute_output_dir(cfg)
     resume_from = None
     if cfg.trainer.resume == "auto":
@@ -225,11 +227,12 @@ def prepare(cfg: Config) -> Run:
     if resume_from:
         state = RunState(**json.loads((resume_from / "trainer_state.json").read_text()))
         state.started_at = time.time() - state.wall_time_s
-        _truncate_metrics(output_dir / "metrics.jsonl", state.step)
-    else:
-        (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+    try:
+        loggers = Loggers(cfg, state.step if resume_from else None)
+    except LoggerStartError as err:
+        raise InputError(f"trainer.loggers: {err}") from None
     return Run(cfg, model_path, train_set, eval_sets, max_model_len, state, resume_from,
-               output_dir)
+               output_dir, loggers)
 
 
 def absolute_output_dir(cfg: Config) -> Path:
@@ -256,11 +259,3 @@ def _check_tensor_parallel(tp: int, model_config, model_path: str) -> None:
     if heads % tp or (kv % tp and tp % kv):
         raise InputError(f"cluster.generator_tp: {tp} GPUs cannot split the {heads} attention "
                          f"heads ({kv} key/value heads) of {model_path}; use a divisor of {heads}")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """A resumed run rewrites the steps after its checkpoint: drop their old lines."""
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines()
-                if line and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in keep))

@@ -25,11 +25,16 @@ from drgrpo.seeds import derive_seed
 from drgrpo.templates import apply_template, stop_strings
 from launch.evaluate import evaluate
 from launch.failures import RunError
-from launch.run import InputError, RunState, prepare
+from launch.run import InputError, Run, RunState, prepare
 
 
 def train(cfg: Config) -> dict:
     run = prepare(cfg)  # every check on user input, before any actor starts
+    with run.loggers:  # closed on error too, so TensorBoard and W&B keep every logged step
+        return _train(cfg, run)
+
+
+def _train(cfg: Config, run: Run) -> dict:
     import ray
 
     from launch.cluster import Cluster

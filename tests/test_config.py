@@ -53,6 +53,7 @@ def test_defaults():
     assert (e.temperature, e.max_new_tokens, e.samples, e.limit) == (0.0, 3000, 1, None)
     t = cfg.trainer
     assert (t.eval_every, t.output_dir, t.seed, t.resume) == (16, "runs/drgrpo", 42, "never")
+    assert (t.loggers, t.wandb_project) == (["jsonl", "tensorboard"], "drgrpo")
 
 
 def test_gpu_memory_share_depends_on_colocation():
@@ -165,6 +166,21 @@ def test_missing_values_and_required_fields():
 def test_cross_field_rules(flags, expected):
     [found] = problems(None, [*REQUIRED, *flags])
     assert found.startswith(expected)
+
+
+@pytest.mark.parametrize("loggers, expected", [
+    ("[jsonl, tensorboard, wandb]", None),
+    ("[jsonl, tensorboard, jsonl]", "trainer.loggers: jsonl is listed twice"),
+    ("[jsonl, tb]", "trainer.loggers.1: Input should be 'jsonl', 'tensorboard' or 'wandb' (got 'tb')"),
+    ("[tensorboard, wandb]", "trainer.loggers: must include jsonl: summary.json, the plots and trainer.resume read metrics.jsonl"),
+])
+def test_loggers(loggers, expected):
+    flags = [*REQUIRED, "--trainer.loggers", loggers]
+    if expected is None:
+        assert load_config(None, flags).trainer.loggers == ["jsonl", "tensorboard", "wandb"]
+    else:
+        [found] = problems(None, flags)
+        assert found.startswith(expected)
 
 
 def test_cross_field_rules_skip_invalid_inputs():

@@ -52,6 +52,15 @@ def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def tensorboard_scalars(out: Path, tag: str) -> list[tuple[int, float]]:
+    """What `tensorboard --logdir <out>/tensorboard` shows, read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
 def test_train_three_steps(workdir, strategy):
     out = workdir / f"run-{strategy}"
@@ -67,6 +76,10 @@ def test_train_three_steps(workdir, strategy):
         assert not missing, missing
         assert record["time/weight_sync_s"] > 0 and record["weight_sync/bytes"] > 0
     assert "eval/arith/accuracy" in read_metrics(out)[0]  # step-0 evaluation
+    reward = tensorboard_scalars(out, "reward/mean")
+    assert [s for s, _ in reward] == [1, 2, 3]
+    assert [v for _, v in reward] == pytest.approx([r["reward/mean"] for r in steps])
+    assert [s for s, _ in tensorboard_scalars(out, "eval/arith/accuracy")] == [0, 2, 3]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3
 
@@ -83,7 +96,7 @@ def test_train_three_steps(workdir, strategy):
 
 def test_resume_auto_continues_from_latest_checkpoint(workdir):
     """Continue the FSDP run to step 4: the generators load the saved checkpoint in vLLM, the
-    learners restore optimizer state, and metrics.jsonl holds each step exactly once."""
+    learners restore optimizer state, and metrics.jsonl and TensorBoard hold each step once."""
     out = workdir / "run-fsdp"
     if not (out / "checkpoints" / "step_000003").is_dir():
         pytest.skip("needs test_train_three_steps[fsdp] first")
@@ -94,6 +107,7 @@ def test_resume_auto_continues_from_latest_checkpoint(workdir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [r["step"] for r in read_metrics(out) if "reward/mean" in r]
     assert steps == [1, 2, 3, 4]
+    assert [s for s, _ in tensorboard_scalars(out, "reward/mean")] == [1, 2, 3, 4]
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
 
 
