@@ -124,9 +124,10 @@ class GeneratorActor:
 
     def receive_weights(self) -> dict:
         stats = self.llm.collective_rpc("receive_weights")[0]
+        start = time.perf_counter()
         # Cached KV blocks were computed by the old weights.
         self.llm.reset_prefix_cache()
-        return stats
+        return {**stats, "cache_reset_s": time.perf_counter() - start}
 
     # --- GPU colocation only: vLLM frees its GPU memory while the learners train -----------
 

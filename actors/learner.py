@@ -155,7 +155,7 @@ class LearnerActor:
     # --- weight sync, rank 0 -> generators ---------------------------------------------------
 
     def weight_manifest(self) -> dict:
-        return Manifest.plan(self.backend.param_shapes(), self.cfg.model.dtype).to_dict()
+        return Manifest.plan(self.backend.param_shapes(), self.cfg.model.rollout_dtype).to_dict()
 
     def init_weight_sync(self, host: str, port: int, world_size: int, backend: str,
                          timeout_s: float) -> None:
@@ -168,13 +168,13 @@ class LearnerActor:
         """Collective over learners (gathering shards); rank 0 broadcasts to generators."""
         start = time.perf_counter()
         if self.rank == 0:
-            sent = send_buckets(self.sync_group, self.manifest, self.backend.full_parameters(),
-                                self.sync_device)
+            stats = send_buckets(self.sync_group, self.manifest, self.backend.full_parameters(),
+                                 self.sync_device)
         else:
             for _ in self.backend.full_parameters():
                 pass
-            sent = 0
-        return {"seconds": time.perf_counter() - start, "bytes": sent}
+            stats = {"bytes": 0}
+        return {"seconds": time.perf_counter() - start, **stats}
 
     # --- checkpoints ---------------------------------------------------------------------------
 

@@ -43,7 +43,12 @@ _Path = Annotated[str, Field(min_length=1), AfterValidator(os.path.expanduser)]
 class ModelConfig(BaseModel):
     model_config = _STRICT
     path: _Path = Field(description="Base model: a local Hugging Face folder or a hub name such as Qwen/Qwen2.5-Math-7B.")
-    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Parameter dtype for generation and training.")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="The learners' compute dtype (their master weights and optimizer stay float32) and the dtype of saved checkpoints.")
+    generation_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(None, description="vLLM's dtype for rollouts and evaluation, and the dtype weights travel in to the generators; null = model.dtype.")
+
+    @property
+    def rollout_dtype(self) -> str:
+        return self.generation_dtype or self.dtype
     trust_remote_code: bool = Field(False, description="Let transformers/vLLM run model code shipped with the checkpoint (not needed for Qwen2.5).")
 
 

@@ -120,7 +120,7 @@ class Cluster:
 
         self.generators = create_generators(
             self.generator_pg, c.num_generators, model_path or cfg.model.path,
-            dtype=cfg.model.dtype, device=device, gpus=gen_gpus, cpus=cpus, tp=c.generator_tp,
+            dtype=cfg.model.rollout_dtype, device=device, gpus=gen_gpus, cpus=cpus, tp=c.generator_tp,
             seed=cfg.trainer.seed, max_model_len=max_model_len,
             gpu_memory_utilization=c.gpu_memory_utilization,
             sleep_mode=c.colocate and gpu, trust_remote_code=cfg.model.trust_remote_code)
@@ -210,10 +210,18 @@ class Cluster:
         }
 
     def sync_weights(self) -> dict:
-        start = time.perf_counter()
+        """Learner rank 0 streams the new weights to every generator. Returns the bytes
+        sent and where the time went: on learner 0 gathering shards, packing buckets and
+        broadcasting; on the slowest generator receiving, loading into vLLM (`reload_weights`
+        and its re-processing of layers) and resetting the prefix cache."""
         results = gather([l.send_weights.remote() for l in self.learners]
                          + [g.receive_weights.remote() for g in self.generators], self._names())
-        return {"seconds": time.perf_counter() - start, "bytes": results[0]["bytes"]}
+        sender, receivers = results[0], results[len(self.learners):]
+        slowest = max(receivers, key=lambda r: r["seconds"])
+        return {"bytes": sender["bytes"],
+                "gather_s": sender["gather_s"], "pack_s": sender["pack_s"],
+                "send_s": sender["broadcast_s"], "receive_s": slowest["broadcast_s"],
+                "load_s": slowest["load_s"], "cache_reset_s": slowest["cache_reset_s"]}
 
     def save(self, folder: str) -> None:
         gather([l.save.remote(folder) for l in self.learners], self.learner_names)

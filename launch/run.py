@@ -86,6 +86,14 @@ class Run:
     loggers: Loggers
     actors: dict = field(default_factory=dict)  # name -> node, pid, start-up times
 
+    def __post_init__(self):
+        # perf_counter's value at the run's start (earlier when resumed): the timeline's zero.
+        self._origin = time.perf_counter() - (time.time() - self.state.started_at)
+
+    def clock(self, perf_time: float) -> float:
+        """A `time.perf_counter()` reading as seconds since the run started."""
+        return perf_time - self._origin
+
     @property
     def ray_init_kwargs(self) -> dict:
         # Under `ray job submit` RAY_ADDRESS is set and ray.init() joins that cluster; else a

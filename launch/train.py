@@ -96,8 +96,11 @@ def _train(cfg: Config, run: Run) -> dict:
                 **train_stats,
                 "time/step_s": t4 - t0, "time/generate_s": t1 - t0, "time/reward_s": t2 - t1,
                 "time/train_s": t3 - t2, "time/weight_sync_s": t4 - t3,
-                "weight_sync/bytes": sync["bytes"],
+                **{f"weight_sync/{k}": v for k, v in sync.items()},
                 "tokens_per_s": sum(lengths) / (t1 - t0),
+                "timeline": {phase: [run.clock(a), run.clock(b)] for phase, a, b in (
+                    ("generate", t0, t1), ("reward", t1, t2), ("train", t2, t3),
+                    ("weight_sync", t3, t4))},
             }
             if run.eval_sets and cfg.trainer.eval_every and (
                     step % cfg.trainer.eval_every == 0 or step == cfg.trainer.max_steps):

@@ -75,7 +75,18 @@ def test_train_three_steps(workdir, strategy):
         missing = [k for k in REQUIRED_KEYS if k not in record]
         assert not missing, missing
         assert record["time/weight_sync_s"] > 0 and record["weight_sync/bytes"] > 0
+        parts = [record[f"weight_sync/{k}"] for k in ("gather_s", "pack_s", "send_s",
+                                                       "receive_s", "load_s", "cache_reset_s")]
+        assert all(p >= 0 for p in parts) and sum(parts) > 0
+        # The phases follow each other on the run's clock, in the loop's order.
+        spans = [record["timeline"][p] for p in ("generate", "reward", "train", "weight_sync")]
+        assert all(a <= b for a, b in spans) and all(
+            spans[i][1] <= spans[i + 1][0] for i in range(3)), spans
     assert "eval/arith/accuracy" in read_metrics(out)[0]  # step-0 evaluation
+    timeline = subprocess.run([sys.executable, "-m", "launch.timeline", str(out)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert timeline.returncode == 0, timeline.stderr
+    assert (out / "timeline.png").stat().st_size > 10_000
     reward = tensorboard_scalars(out, "reward/mean")
     assert [s for s, _ in reward] == [1, 2, 3]
     assert [v for _, v in reward] == pytest.approx([r["reward/mean"] for r in steps])
