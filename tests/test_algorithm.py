@@ -100,6 +100,45 @@ def test_ppo_clip_and_clip_stats():
     assert stats["tokens"].item() == 2
 
 
+@pytest.mark.parametrize("method", ["dr_grpo", "grpo"])
+def test_tis_weight_is_one_where_behaviour_equals_old(method):
+    """Synchronous and numerically exact: pi_old == mu, every weight is 1, the loss and its
+    gradient are today's."""
+    torch.manual_seed(0)
+    lp = torch.randn(3, 5, requires_grad=True)
+    old, mask = torch.randn(3, 5), (torch.rand(3, 5) > 0.3).float()
+    adv = torch.tensor([1.0, -0.5, 0.25])
+    plain, _ = policy_loss(lp, old, adv, mask, method, 0.2, 5)
+    (g_plain,) = torch.autograd.grad(plain, lp)
+    tis, stats = policy_loss(lp, old, adv, mask, method, 0.2, 5, behaviour_logprobs=old.clone(),
+                             tis_cap=2.0)
+    (g_tis,) = torch.autograd.grad(tis, lp)
+    assert tis.item() == pytest.approx(plain.item(), abs=1e-7)
+    assert torch.allclose(g_tis, g_plain)
+    assert stats["tis_weight"].item() == pytest.approx(mask.sum().item())
+    assert stats["tis_clipped_tokens"].item() == 0
+
+
+def test_tis_weight_is_capped_detached_and_scales_each_token_by_hand():
+    """One response of three tokens, A = 1, Dr. GRPO with L = 4, no clipping in play
+    (pi == pi_old): the surrogate's gradient wrt log pi_t is -A * ratio_t * w_t / L with
+    w_t = min(pi_old/mu, C); the weight itself carries no gradient."""
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.1]]))
+    mu = torch.log(torch.tensor([[0.25, 0.2, 0.01]]))  # weights 2, 1, 10 -> capped at 3
+    lp = old.clone().requires_grad_(True)
+    mask, adv = torch.ones(1, 3), torch.tensor([1.0])
+    loss, stats = policy_loss(lp, old, adv, mask, "dr_grpo", 0.2, 4, behaviour_logprobs=mu,
+                              tis_cap=3.0)
+    (grad,) = torch.autograd.grad(loss, lp)
+    w = torch.tensor([[2.0, 1.0, 3.0]])
+    assert loss.item() == pytest.approx(-(w.sum() / 4).item())
+    assert torch.allclose(grad, -w / 4)
+    assert stats["tis_weight"].item() == pytest.approx(6.0)
+    assert stats["tis_clipped_tokens"].item() == 1
+    with pytest.raises(ValueError, match="behaviour_logprobs"):
+        policy_loss(lp, old, adv, mask, "dr_grpo", 0.2, 4, tis_cap=3.0)
+
+
 def test_kl_term_needs_reference_and_is_zero_at_reference():
     lp, old, adv, mask = _two_responses()
     with pytest.raises(ValueError, match="ref_logprobs"):
