@@ -42,7 +42,8 @@ def _train(cfg: Config, run: Run) -> dict:
     if not ray.is_initialized():  # launch.compare trains twice in one process
         ray.init(**run.ray_init_kwargs)
     device = cfg.cluster.resolve_device(ray.cluster_resources())
-    cluster = Cluster(cfg, device, model_path=run.model_path, max_model_len=run.max_model_len)
+    cluster = Cluster(cfg, device, model_path=run.model_path, max_model_len=run.max_model_len,
+                      weights_version=run.state.step)
     run.note_actors(cluster.actors)
     state: RunState = run.state
     if run.resume_from:
@@ -84,7 +85,7 @@ def _train(cfg: Config, run: Run) -> dict:
             t3 = time.perf_counter()
 
             # 5. The generators sample the next rollout from the new weights.
-            sync = cluster.sync_weights()
+            sync = cluster.sync_weights(version=step)
             t4 = time.perf_counter()
 
             lengths = [len(c.response_ids) for c in completions]

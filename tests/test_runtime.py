@@ -52,7 +52,7 @@ def test_weight_sync_makes_generator_match_learner(ray_local, tiny_model_path, t
         stale = ray.get(generator.prompt_logprobs.remote(ids))
         assert stale == pytest.approx(before, abs=1e-6)  # nothing changes before a sync
 
-        sync = cluster.sync_weights()
+        sync = cluster.sync_weights(version=1)
         after = ray.get(generator.prompt_logprobs.remote(ids))
         learner_after = ray.get(learner.sequence_logprobs.remote(ids))
         assert after == pytest.approx(learner_after, abs=1e-4)
@@ -83,7 +83,7 @@ def test_every_prompt_draws_its_own_samples(ray_local, tiny_model_path, tmp_path
         assert again == groups  # reproducible
         alone = ray.get(cluster.generators[1].generate.remote(
             prompts, 3, sampling, request_seeds(sampling.seed, len(prompts))))
-        assert [[c.response_ids for c in g] for g in alone] == groups  # placement-free
+        assert [[c.response_ids for c in g] for g in alone.groups] == groups  # placement-free
     finally:
         cluster.shutdown()
 
