@@ -22,8 +22,9 @@ from drgrpo.algorithm import policy_loss
 from drgrpo.backends import Policy, load_policy
 from drgrpo.batching import (
     Sample,
-    chunks,
     collate,
+    micro_batches,
+    padded_positions,
     place_response_logprobs,
     response_logprobs,
 )
@@ -81,7 +82,8 @@ class LearnerActor:
                   for step in steps]
         # Old log-probs come from the learner's own weights, not vLLM's (their numerics
         # differ). The first optimizer step runs on the unchanged weights, so its old
-        # log-probs are the current ones, detached; later steps' are computed now.
+        # log-probs are the current ones, detached; later steps' are computed now, packed
+        # together (without gradients, a pass need not stay within one optimizer step).
         epochs = cfg.algorithm.epochs_per_step
         later = [s for step in (active if epochs > 1 else active[1:]) for s in step]
         old = dict(zip(map(id, later), self._logprobs(later)))
@@ -89,14 +91,19 @@ class LearnerActor:
         ref = (dict(zip(map(id, everyone), self._logprobs(everyone, self.reference)))
                if self.reference is not None else None)
 
-        totals = {"loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0, "kl": 0.0}
+        totals = {"loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0, "kl": 0.0,
+                  "padded_positions": 0, "positions": 0}
         grad_norms = []
         for epoch in range(epochs):
             for k, step in enumerate(active):
-                for mb in self._aligned_chunks(step):
-                    if mb is None:  # another rank has more to run: join its collectives
+                for indices in self._aligned_micro_batches(step):
+                    if indices is None:  # another rank has more to run: join its collectives
                         self.backend.backward(self._idle_forward(self.backend.module) * 0.0)
                         continue
+                    mb = [step[i] for i in indices]
+                    padded, positions = padded_positions(mb)  # for learner/padding_fraction
+                    totals["padded_positions"] += padded
+                    totals["positions"] += positions
                     batch = collate(mb).to(self.device)
                     logprobs = self.backend.module(batch.input_ids, batch.attention_mask)
                     old_lp = (logprobs.detach() if epoch == 0 and k == 0 else
@@ -121,11 +128,14 @@ class LearnerActor:
         totals["seconds"] = time.perf_counter() - start
         return totals
 
-    def _aligned_chunks(self, samples: list[Sample]) -> list[list[Sample] | None]:
-        """Micro-batches of `samples`, padded with None to the largest count on any rank (at
-        least one), so every rank runs the same number of forward/backward collectives and
-        every optimizer step sees a gradient, zero if nothing was active."""
-        mbs = chunks(samples, self.cfg.learner.micro_batch_size)
+    def _aligned_micro_batches(self, samples: list[Sample]) -> list[list[int] | None]:
+        """Indices of `samples` per micro-batch (drgrpo.batching.micro_batches), padded with
+        None to the largest count on any rank (at least one): counts differ between ranks
+        under a token budget, or when zero-advantage responses are skipped, and every rank
+        must run the same number of forward/backward collectives; every optimizer step then
+        sees a gradient, zero if nothing was active."""
+        learner = self.cfg.learner
+        mbs = micro_batches(samples, learner.micro_batch_size, learner.max_tokens_per_micro_batch)
         count = torch.tensor([max(len(mbs), 1)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return mbs + [None] * (int(count.item()) - len(mbs))
@@ -138,13 +148,16 @@ class LearnerActor:
     def _logprobs(self, samples: list[Sample], model=None) -> list[torch.Tensor]:
         """Response-token log-probs of each sample, in order (collective under FSDP/ZeRO-3)."""
         model = model if model is not None else self.backend.module
-        values = []
-        for mb in self._aligned_chunks(samples):
-            if mb is None:
+        values: list = [None] * len(samples)
+        for indices in self._aligned_micro_batches(samples):
+            if indices is None:
                 self._idle_forward(model)
                 continue
-            batch = collate(mb).to(self.device)
-            values += response_logprobs(model(batch.input_ids, batch.attention_mask), batch)
+            batch = collate([samples[i] for i in indices]).to(self.device)
+            # A token budget packs by length: put each row back at its sample's place.
+            rows = response_logprobs(model(batch.input_ids, batch.attention_mask), batch)
+            for i, row in zip(indices, rows):
+                values[i] = row
         return values
 
     def sequence_logprobs(self, token_ids: list[int]) -> list[float]:

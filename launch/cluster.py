@@ -228,6 +228,10 @@ class Cluster:
             "grad_norm": results[0]["grad_norm"],
             "clip_fraction": sum(r["clipped_tokens"] for r in results) / max(tokens, 1.0),
             "kl": sum(r["kl"] for r in results) / max(tokens, 1.0),
+            # Share of the training passes' positions (prompt + response, every micro-batch of
+            # every learner) that were right-padding: compute spent on nothing.
+            "learner/padding_fraction": sum(r["padded_positions"] for r in results)
+            / max(sum(r["positions"] for r in results), 1),
         }
 
     def sync_weights(self, version: int) -> dict:

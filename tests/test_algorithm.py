@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from drgrpo.algorithm import group_advantages, naive_token_logprobs, policy_loss, token_logprobs
+from drgrpo.batching import pack_by_tokens
 
 # --- advantages -----------------------------------------------------------------------------
 
@@ -168,10 +169,20 @@ def _logprobs(weight, feats):
     return torch.nn.functional.logsigmoid(feats * weight) - 1.0
 
 
+# (ranks, how each rank cuts its share): ("count", k) = k contiguous micro-batches;
+# ("tokens", budget) = the learner's token-budget layout (rows sorted by length, packed so
+# rows x longest <= budget): 1 puts every row alone, 12 gives the two ranks 1 and 2 passes.
+LAYOUTS = [(1, ("count", 1)), (1, ("count", 3)), (2, ("count", 2)), (4, ("count", 1)),
+           (2, ("count", 4)), (1, ("tokens", 1)), (1, ("tokens", 8)), (2, ("tokens", 6)),
+           (2, ("tokens", 12))]
+
+
 @pytest.mark.parametrize("method", ["dr_grpo", "grpo"])
-@pytest.mark.parametrize("ranks,micro", [(1, 1), (1, 3), (2, 2), (4, 1), (2, 4)])
-def test_sharded_step_equals_single_batch(method, ranks, micro):
-    """Loss and gradient of one optimizer step do not depend on how it is sharded.
+@pytest.mark.parametrize("ranks,cut", LAYOUTS, ids=[f"{r}-{c}{n}" for r, (c, n) in LAYOUTS])
+def test_sharded_step_equals_single_batch(method, ranks, cut):
+    """Loss and gradient of one optimizer step do not depend on how it is sharded, nor on how
+    each rank cuts its share into micro-batches: by count, or by token budget, which reorders
+    the rows and gives ranks different numbers of micro-batches.
 
     Each rank scales its loss by the world size because FSDP/ZeRO average gradients over
     ranks; summing micro-batch gradients on a rank is gradient accumulation.
@@ -181,10 +192,16 @@ def test_sharded_step_equals_single_batch(method, ranks, micro):
     full, _ = policy_loss(_logprobs(weight, feats), old, adv, mask, method, 0.2, 6)
     (full_grad,) = torch.autograd.grad(full, weight)
 
-    rank_grads, total = [], 0.0
+    rank_grads, total, layouts = [], 0.0, []
     for rank_rows in torch.arange(batch).chunk(ranks):
+        if cut[0] == "count":
+            layout = list(rank_rows.chunk(cut[1]))
+        else:
+            lengths = [int(n) for n in mask[rank_rows].sum(-1)]
+            layout = [rank_rows[idx] for idx in pack_by_tokens(lengths, cut[1])]
+        layouts.append([rows.tolist() for rows in layout])
         grad = torch.zeros_like(weight)
-        for rows in rank_rows.chunk(micro):
+        for rows in layout:
             loss, _ = policy_loss(_logprobs(weight, feats[rows]), old[rows], adv[rows],
                                   mask[rows], method, 0.2, 6, num_responses=batch)
             total += loss.item()
@@ -192,6 +209,8 @@ def test_sharded_step_equals_single_batch(method, ranks, micro):
         rank_grads.append(grad)
     averaged = torch.stack(rank_grads).mean(0)  # what all-reduce(AVG) leaves on every rank
 
+    if cut[0] == "tokens":  # the premise: the token layout is not a contiguous cut
+        assert [r for rank in layouts for mb in rank for r in mb] != list(range(batch))
     assert total == pytest.approx(full.item(), rel=1e-6)
     torch.testing.assert_close(averaged, full_grad, rtol=1e-6, atol=1e-7)
 

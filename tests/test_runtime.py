@@ -135,3 +135,52 @@ def test_one_learner_equals_two_learners(ray_local, tiny_model_path, tmp_path, m
         # Relative, because Adam's first step is ~lr * sign(g): an element whose gradient is
         # rounding noise may move either way; a real weighting bug moves whole tensors.
         assert (update_one - update_two).norm() / update_one.norm() < 1e-3, name
+
+
+def test_one_learner_equals_two_learners_under_token_budget(ray_local, tiny_model_path,
+                                                            tmp_path):
+    """The same equality with micro-batches packed under a token budget, which makes every
+    layout differ: one learner and two group different rows, and the two ranks run different
+    numbers of passes, in training and in the old-log-prob pass of the second optimizer step
+    (so the None passes that keep their collectives aligned are exercised); zero-advantage
+    responses are skipped first. Each learner reports the padding of the passes it ran."""
+    from drgrpo.batching import micro_batches, padded_positions
+
+    samples, budget = random_samples(n=16), 16
+    common = {"algorithm.method": "grpo", "learner.train_batch_size": 8,
+              "learner.grad_clip": 1e6, "learner.max_tokens_per_micro_batch": budget}
+
+    def passes(learners):  # [rank][step] micro-batches of the active (non-zero) responses
+        plan = plan_steps(samples, 8, learners, seed=0)
+        active = [[[s for s in step if s.advantage != 0] for step in rank] for rank in plan]
+        return [[[[step[i] for i in mb] for mb in micro_batches(step, 2, budget)]
+                 for step in rank] for rank in active]
+
+    def groups(layout):
+        return {frozenset(map(id, mb)) for rank in layout for step in rank for mb in step}
+
+    two_layout = passes(2)
+    # The premise: the ranks' pass counts differ in the second step (trained, and whose old
+    # log-probs are computed up front), and one learner groups other rows than the two do.
+    assert len(two_layout[0][1]) != len(two_layout[1][1])
+    assert groups(passes(1)) != groups(two_layout)
+
+    (one_stats,), one = _train_once(tiny_config(tiny_model_path, tmp_path, **common,
+                                                **{"cluster.num_learners": 1}), samples)
+    two_stats, two = _train_once(tiny_config(tiny_model_path, tmp_path, **common,
+                                             **{"cluster.num_learners": 2}), samples)
+    assert one_stats["loss"] == pytest.approx(sum(s["loss"] for s in two_stats), rel=1e-5)
+    assert one_stats["grad_norm"] == pytest.approx(two_stats[0]["grad_norm"], rel=1e-5)
+    assert one_stats["grad_norm"] > 0
+    for stats, layout in zip(two_stats, two_layout):
+        ran = [padded_positions(mb) for step in layout for mb in step]
+        assert (stats["padded_positions"], stats["positions"]) == (
+            sum(p for p, _ in ran), sum(t for _, t in ran))
+
+    from transformers import AutoModelForCausalLM
+
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    for name in one:
+        update_one, update_two = one[name] - initial[name], two[name] - initial[name]
+        assert update_one.norm() > 0, name
+        assert (update_one - update_two).norm() / update_one.norm() < 1e-3, name

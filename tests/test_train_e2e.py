@@ -16,7 +16,7 @@ REQUIRED_KEYS = [
     "step", "reward/mean", "accuracy", "response_length/mean", "response_length/correct_mean",
     "response_length/incorrect_mean", "loss", "grad_norm", "clip_fraction", "time/step_s",
     "time/generate_s", "time/reward_s", "time/train_s", "time/weight_sync_s", "tokens_per_s",
-    "response/truncated_fraction", "reward/timeouts",
+    "response/truncated_fraction", "reward/timeouts", "learner/padding_fraction",
 ]
 
 
