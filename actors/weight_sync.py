@@ -194,6 +194,28 @@ class WeightSyncExtension:
         # On the CPU backend `model.load_weights` fails for repacked linear layers;
         # `reload_weights` restores the checkpoint layout, loads, then re-processes.
         self.reload_weights(weights_iterator=weights)
+        refresh_tied_layers(self.model_runner.get_model())
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "bytes": self._drgrpo_manifest.total_bytes,
                 "broadcast_s": stats["broadcast_s"], "load_s": seconds - stats["broadcast_s"]}
+
+
+def refresh_tied_layers(model: torch.nn.Module) -> None:
+    """Re-process the layers that share one weight (tied embeddings: `embed_tokens` and
+    `lm_head`) after a reload.
+
+    vLLM reloads a tied weight once, through `embed_tokens`, and never re-processes `lm_head`;
+    on the CPU backend `lm_head` computes logits from a packed copy of its weight made when it
+    was processed, so without this the generator keeps sampling from the output layer it
+    started with, whatever the learners send. Only unquantized layers are redone: their
+    processing just rebuilds that copy from the weight (and does nothing on GPUs)."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    sharing: dict[int, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
+            sharing.setdefault(id(module.weight), []).append(module)
+    for modules in sharing.values():
+        if len(modules) > 1:
+            for module in modules:
+                module.quant_method.process_weights_after_loading(module)

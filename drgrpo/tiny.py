@@ -61,6 +61,7 @@ def build_tiny_model(
     vocab_size: int = 512,
     max_position_embeddings: int = 2048,
     seed: int = 0,
+    tie_word_embeddings: bool = False,
 ) -> Path:
     """Write a random-init Qwen2 causal LM and its tokenizer to `out_dir`; return the path.
 
@@ -83,7 +84,7 @@ def build_tiny_model(
         num_key_value_heads=num_heads,
         head_dim=hidden_size // num_heads,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

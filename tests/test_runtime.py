@@ -33,12 +33,27 @@ def random_samples(n=8, vocab=300, seed=0):
                    rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0])) for _ in range(n)]
 
 
-def test_weight_sync_makes_generator_match_learner(ray_local, tiny_model_path, tmp_path):
+@pytest.fixture(scope="module")
+def tied_model_path(tmp_path_factory):
+    """A tiny model whose output layer is its input embedding, as in SmolLM2 (the demo's) and
+    Qwen2.5-Math-1.5B."""
+    from drgrpo.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2-tied",
+                            tie_word_embeddings=True)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied-embeddings"])
+def test_weight_sync_makes_generator_match_learner(ray_local, request, tmp_path, tied):
+    """After a sync the generator computes the learner's log-probs. With tied embeddings vLLM
+    reloads the shared weight through the embedding only, and on CPUs its `lm_head` kept
+    computing logits from the weights it started with (actors.weight_sync.refresh_tied_layers)."""
     from launch.cluster import Cluster
 
-    cfg = tiny_config(tiny_model_path, tmp_path, **{"cluster.num_generators": 1,
-                                                     "cluster.num_learners": 1,
-                                                     "cluster.num_reward_workers": 1})
+    model = request.getfixturevalue("tied_model_path" if tied else "tiny_model_path")
+    cfg = tiny_config(model, tmp_path, **{"cluster.num_generators": 1,
+                                           "cluster.num_learners": 1,
+                                           "cluster.num_reward_workers": 1})
     cluster = Cluster(cfg, "cpu", max_model_len=256)
     try:
         generator, learner = cluster.generators[0], cluster.learners[0]
