@@ -7,6 +7,7 @@ rank's share of every optimizer step; rank 0 also streams weights to the generat
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import time
@@ -54,7 +55,6 @@ class LearnerActor:
         torch.manual_seed(cfg.trainer.seed)
 
         self.backend = load_policy(cfg, self.device)
-        self.config_for_save = self.backend.hf_config
         self.reference = None
         if cfg.algorithm.kl_coef > 0:  # the paper's setting is 0: then no reference is loaded
             from transformers import AutoModelForCausalLM
@@ -206,15 +206,25 @@ class LearnerActor:
         folder_path = Path(folder)
         state = self.full_state()
         if self.rank == 0:
-            from transformers import AutoModelForCausalLM
-
-            with torch.device("meta"):
-                shell = AutoModelForCausalLM.from_config(self.config_for_save)
-            shell.save_pretrained(folder_path / "model", state_dict=state,
-                                  safe_serialization=True)
+            self._save_model(folder_path / "model", state)
         dist.barrier()
         self.backend.save_optimizer(folder_path / "optimizer")
         dist.barrier()
+
+    def _save_model(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
+        """The model as a user loads it, not as the learner trains it: its config says the
+        dtype of the saved tensors (transformers loads in that dtype by default) and
+        `use_cache` true (the learner trains without a KV cache; whoever loads this
+        generates), with the base model's generation config (its stop tokens, for vLLM)."""
+        from transformers import AutoModelForCausalLM
+
+        config = copy.deepcopy(self.backend.hf_config)  # from_config and saving write into it
+        config.use_cache = True
+        with torch.device("meta"):
+            shell = AutoModelForCausalLM.from_config(config,
+                                                     dtype=getattr(torch, self.cfg.model.dtype))
+        shell.generation_config = copy.deepcopy(self.backend.generation_config)
+        shell.save_pretrained(folder, state_dict=state, safe_serialization=True)
 
     def load_optimizer(self, folder: str) -> None:
         self.backend.load_optimizer(Path(folder) / "optimizer")

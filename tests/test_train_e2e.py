@@ -61,6 +61,23 @@ def tensorboard_scalars(out: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+def assert_loads_as_saved(model_dir: Path, dtype: str) -> None:
+    """A checkpoint's model is what a user expects to load: its tensors are in the run's
+    model.dtype, config.json says so (transformers loads in the config's dtype by default)
+    and says use_cache true, as does generation_config.json (the learner trains without a KV
+    cache; whoever loads a checkpoint generates)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(name).dtype for name in f.keys()} == {getattr(torch, dtype)}
+    config = json.loads((model_dir / "config.json").read_text())
+    assert (config["dtype"], config["use_cache"]) == (dtype, True)
+    assert json.loads((model_dir / "generation_config.json").read_text()).get("use_cache", True)
+    assert AutoModelForCausalLM.from_pretrained(model_dir).dtype == getattr(torch, dtype)
+
+
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
 def test_train_three_steps(workdir, strategy):
     out = workdir / f"run-{strategy}"
@@ -97,10 +114,10 @@ def test_train_three_steps(workdir, strategy):
     # Checkpoints: complete folders only, Hugging Face format, loadable by transformers.
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step_000002", "step_000003"]
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     final = out / "checkpoints" / "step_000003"
-    AutoModelForCausalLM.from_pretrained(final / "model")
+    assert_loads_as_saved(final / "model", "float32")
     AutoTokenizer.from_pretrained(final / "model")
     assert json.loads((final / "trainer_state.json").read_text())["step"] == 3
 
