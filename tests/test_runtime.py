@@ -33,16 +33,6 @@ def random_samples(n=8, vocab=300, seed=0):
                    rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0])) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def tied_model_path(tmp_path_factory):
-    """A tiny model whose output layer is its input embedding, as in SmolLM2 (the demo's) and
-    Qwen2.5-Math-1.5B."""
-    from drgrpo.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2-tied",
-                            tie_word_embeddings=True)
-
-
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied-embeddings"])
 def test_weight_sync_makes_generator_match_learner(ray_local, request, tmp_path, tied):
     """After a sync the generator computes the learner's log-probs. With tied embeddings vLLM

@@ -122,21 +122,55 @@ def test_train_three_steps(workdir, strategy):
     assert json.loads((final / "trainer_state.json").read_text())["step"] == 3
 
 
-def test_resume_auto_continues_from_latest_checkpoint(workdir):
-    """Continue the FSDP run to step 4: the generators load the saved checkpoint in vLLM, the
-    learners restore optimizer state, and metrics.jsonl and TensorBoard hold each step once."""
-    out = workdir / "run-fsdp"
-    if not (out / "checkpoints" / "step_000003").is_dir():
-        pytest.skip("needs test_train_three_steps[fsdp] first")
-    # A crash mid-save leaves a .tmp folder: it must be ignored, not resumed from.
-    (out / "checkpoints" / "step_000009.tmp").mkdir()
-    proc = run_train("--config", str(workdir / "cpu.yaml"), "--trainer.output_dir", str(out),
-                     "--trainer.max_steps", "4", "--trainer.resume", "auto")
+@pytest.fixture(scope="module")
+def answering_run(workdir, tied_model_path):
+    """Flags for a run that really trains: tied embeddings (as the demo's SmolLM2), bfloat16
+    (as the paper's runs), and a tiny model taught to answer `\\boxed{2|3|4}` at random on
+    sums that make 2, 3 or 4, so most groups mix right and wrong answers. The workdir's model
+    scores 0 on everything: its advantages are all 0 and its weights never change."""
+    from drgrpo.tiny import teach_boxed_answers
+
+    sums = [(1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (2, 2)]
+    data = workdir / "sums.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"What is {a} + {b}?", "answer": str(a + b)})
+                            + "\n" for a, b in sums))
+    model = teach_boxed_answers(tied_model_path, workdir / "tiny-answering",
+                                [f"What is {a} + {b}?" for a, b in sums], ["2", "3", "4"])
+    return ["--model.path", str(model), "--model.dtype", "bfloat16", "--data.train_path",
+            str(data), "--learner.lr", "1e-3", "--trainer.save_every", "1"]
+
+
+def untimed(record: dict) -> dict:
+    """A metrics record without its clock readings (`time/*`, `weight_sync/*_s`,
+    `tokens_per_s`, `timeline`), which differ between any two runs."""
+    return {k: v for k, v in record.items()
+            if not (k.startswith("time/") or k.endswith("_s") or k == "timeline")}
+
+
+def test_resume_is_exact(workdir, answering_run):
+    """Stopped after its step-1 checkpoint and resumed with `--trainer.resume auto`, a run logs
+    exactly what an uninterrupted one does (CPU runs are deterministic), at both later steps:
+    step 2 samples from the checkpoint as vLLM loads it, step 3 from weights the resumed
+    learners trained and synced, which is where state lost in the restart shows (optimizer
+    state, or a generator keeping part of the model it started from:
+    actors.weight_sync.refresh_tied_layers). Each step is logged once, and a `.tmp` folder
+    (a crash mid-save) is not resumed from."""
+    whole, parts = workdir / "resume-whole", workdir / "resume-parts"
+    for out, steps in ((whole, "3"), (parts, "1")):
+        proc = small_run(workdir, out, *answering_run, "--trainer.max_steps", steps)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    (parts / "checkpoints" / "step_000009.tmp").mkdir()
+    proc = small_run(workdir, parts, *answering_run, "--trainer.max_steps", "3",
+                     "--trainer.resume", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = [r["step"] for r in read_metrics(out) if "reward/mean" in r]
-    assert steps == [1, 2, 3, 4]
-    assert [s for s, _ in tensorboard_scalars(out, "reward/mean")] == [1, 2, 3, 4]
-    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+    expected, resumed = read_metrics(whole), read_metrics(parts)
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert all(r["grad_norm"] > 0 for r in expected), expected  # every step trains
+    assert [untimed(r) for r in resumed] == [untimed(r) for r in expected]
+    assert [s for s, _ in tensorboard_scalars(parts, "reward/mean")] == [1, 2, 3]
+    assert json.loads((parts / "summary.json").read_text())["steps"] == 3
+    assert_loads_as_saved(parts / "checkpoints" / "step_000003" / "model", "bfloat16")
 
 
 @pytest.mark.parametrize("case,flags,expected,lines", [
