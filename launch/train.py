@@ -48,6 +48,10 @@ def _train(cfg: Config, run: Run) -> dict:
     state: RunState = run.state
     if run.resume_from:
         cluster.load_optimizer(str(run.resume_from))
+        # The generators started from the checkpoint's model, saved in model.dtype; an
+        # uninterrupted run's hold the learners' float32 weights cast to generation_dtype,
+        # finer when that is float32. Send them those, restored, as that run did.
+        cluster.sync_weights(version=state.step)
     G, template = cfg.rollout.samples_per_prompt, cfg.data.template
     sampling = Sampling(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
                         tuple(stop_strings(template)))

@@ -124,10 +124,12 @@ def test_train_three_steps(workdir, strategy):
 
 @pytest.fixture(scope="module")
 def answering_run(workdir, tied_model_path):
-    """Flags for a run that really trains: tied embeddings (as the demo's SmolLM2), bfloat16
-    (as the paper's runs), and a tiny model taught to answer `\\boxed{2|3|4}` at random on
-    sums that make 2, 3 or 4, so most groups mix right and wrong answers. The workdir's model
-    scores 0 on everything: its advantages are all 0 and its weights never change."""
+    """Flags for a run that really trains: tied embeddings (as the demo's SmolLM2), training
+    and checkpoints in bfloat16 (as the paper's runs) but generation in float32, so a
+    checkpoint holds the weights less precisely than the generators use them, and a tiny
+    model taught to answer `\\boxed{2|3|4}` at random on sums that make 2, 3 or 4, so most
+    groups mix right and wrong answers. The workdir's model scores 0 on everything: its
+    advantages are all 0 and its weights never change."""
     from drgrpo.tiny import teach_boxed_answers
 
     sums = [(1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (2, 2)]
@@ -136,8 +138,9 @@ def answering_run(workdir, tied_model_path):
                             + "\n" for a, b in sums))
     model = teach_boxed_answers(tied_model_path, workdir / "tiny-answering",
                                 [f"What is {a} + {b}?" for a, b in sums], ["2", "3", "4"])
-    return ["--model.path", str(model), "--model.dtype", "bfloat16", "--data.train_path",
-            str(data), "--learner.lr", "1e-3", "--trainer.save_every", "1"]
+    return ["--model.path", str(model), "--model.dtype", "bfloat16",
+            "--model.generation_dtype", "float32", "--data.train_path", str(data),
+            "--learner.lr", "1e-3", "--trainer.save_every", "1"]
 
 
 def untimed(record: dict) -> dict:
@@ -150,9 +153,10 @@ def untimed(record: dict) -> dict:
 def test_resume_is_exact(workdir, answering_run):
     """Stopped after its step-1 checkpoint and resumed with `--trainer.resume auto`, a run logs
     exactly what an uninterrupted one does (CPU runs are deterministic), at both later steps:
-    step 2 samples from the checkpoint as vLLM loads it, step 3 from weights the resumed
-    learners trained and synced, which is where state lost in the restart shows (optimizer
-    state, or a generator keeping part of the model it started from:
+    step 2 samples from the weights the resumed learners restored (the checkpoint's model
+    holds them in bfloat16, the generators sample in float32), step 3 from weights they
+    trained and synced, which is where state lost in the restart shows (optimizer state, or
+    a generator keeping part of the model it started from:
     actors.weight_sync.refresh_tied_layers). Each step is logged once, and a `.tmp` folder
     (a crash mid-save) is not resumed from."""
     whole, parts = workdir / "resume-whole", workdir / "resume-parts"
