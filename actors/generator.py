@@ -61,9 +61,17 @@ class GeneratorActor:
     def __init__(self, model_path: str, dtype: str, *, tp: int = 1, seed: int = 0,
                  max_model_len: int = 4096, device: str = "cpu",
                  gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
-                 trust_remote_code: bool = False, version: int = 0):
+                 trust_remote_code: bool = False, version: int = 0,
+                 cpu_cores: list[int] | None = None):
         self.started_at = time.time()
-        if device == "cpu":
+        if device == "cpu" and cpu_cores:
+            # The engine's own cores (one list per tensor-parallel rank), apart from the
+            # learners', as a cluster's generator GPUs are.
+            os.sched_setaffinity(0, cpu_cores)
+            per_rank = max(1, len(cpu_cores) // tp)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+                ",".join(map(str, cpu_cores[r * per_rank:(r + 1) * per_rank])) for r in range(tp))
+        elif device == "cpu":
             # Several engines and learners share a few cores: pinning each engine's OpenMP
             # threads to the same cores would serialise them.
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")

@@ -42,9 +42,12 @@ class LearnerActor:
             self.device = torch.device("cuda", 0)
         else:
             self.device = torch.device("cpu")
+            cores = cfg.cluster.learner_cores
+            if cores:  # the learners' own cores, apart from the generators' (CPU clusters)
+                os.sched_setaffinity(0, cores)
             # Ray sets one thread for a fractional-CPU actor; learners train while the
-            # generators idle, so they share the machine's cores between them.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+            # generators idle, so they share the machine's (or their own) cores between them.
+            torch.set_num_threads(max(1, (len(cores) or os.cpu_count() or 1) // world_size))
         # DeepSpeed reads these; torch.distributed gets them explicitly below.
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
@@ -92,6 +95,7 @@ class LearnerActor:
                if self.reference is not None else None)
 
         totals = {"loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0, "kl": 0.0,
+                  "tis_weight": 0.0, "tis_clipped_tokens": 0.0,
                   "padded_positions": 0, "positions": 0}
         grad_norms = []
         for epoch in range(epochs):
@@ -110,16 +114,21 @@ class LearnerActor:
                               place_response_logprobs([old[id(s)] for s in mb], batch))
                     ref_lp = (place_response_logprobs([ref[id(s)] for s in mb], batch)
                               if ref is not None else None)
+                    mu_lp = (place_response_logprobs(
+                        [torch.tensor(s.behaviour_logprobs) for s in mb], batch)
+                        if cfg.algorithm.tis_cap > 0 else None)
                     loss, stats = policy_loss(
                         logprobs, old_lp, batch.advantages, batch.response_mask,
                         cfg.algorithm.method, cfg.algorithm.clip_eps, cfg.rollout.max_new_tokens,
                         num_responses=cfg.learner.train_batch_size,
-                        ref_logprobs=ref_lp, kl_coef=cfg.algorithm.kl_coef)
+                        ref_logprobs=ref_lp, kl_coef=cfg.algorithm.kl_coef,
+                        behaviour_logprobs=mu_lp, tis_cap=cfg.algorithm.tis_cap)
                     # FSDP and ZeRO average gradients over ranks; the loss is already a share
                     # of the global sum, so scale it back (drgrpo.algorithm.policy_loss).
                     self.backend.backward(loss * self.world_size)
                     totals["loss"] += loss.item()
-                    for key in ("clipped_tokens", "tokens", "kl"):
+                    for key in ("clipped_tokens", "tokens", "kl", "tis_weight",
+                                "tis_clipped_tokens"):
                         totals[key] += stats[key].item()
                 grad_norms.append(self.backend.step())
         totals["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)

@@ -24,6 +24,9 @@ class Sample:
     prompt_ids: list[int]
     response_ids: list[int]
     advantage: float
+    # log mu of each response token under the policy that sampled it (vLLM), for truncated
+    # importance sampling (algorithm.tis_cap); None when not asked for
+    behaviour_logprobs: list[float] | None = None
 
 
 def plan_steps(samples: list[Sample], train_batch_size: int, num_learners: int,

@@ -75,6 +75,7 @@ class RolloutConfig(BaseModel):
     temperature: float = Field(1.0, ge=0, description="Sampling temperature for training rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus-sampling threshold for training rollouts; 1.0 = off.")
     max_new_tokens: PositiveInt = Field(3000, description="Most tokens generated per training response; longer ones are cut off.")
+    max_staleness: int = Field(0, ge=0, description="0 = synchronous: each rollout is sampled by the latest weights. k > 0: the generators sample up to k rollouts ahead while the learners train, so a trained response comes from weights at most k updates old (see algorithm.tis_cap).")
 
 
 class AlgorithmConfig(BaseModel):
@@ -83,6 +84,7 @@ class AlgorithmConfig(BaseModel):
     clip_eps: float = Field(0.2, ge=0, lt=1, description="PPO clip range: the importance ratio is clipped to [1 - clip_eps, 1 + clip_eps].")
     kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty towards the initial model; 0 = no KL term (the paper's setting).")
     epochs_per_step: PositiveInt = Field(1, description="Passes over each rollout before the next one is generated.")
+    tis_cap: float = Field(0.0, ge=0, description="Truncated importance sampling: each token's term is weighted by min(pi_old/mu, tis_cap), mu being the policy vLLM sampled it from (older weights when rollout.max_staleness > 0, other numerics always); 0 = off.")
 
 
 class LearnerConfig(BaseModel):
@@ -110,6 +112,8 @@ class ClusterConfig(BaseModel):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when the Ray cluster has GPUs (any node's, not the driver's), else cpu.")
     learner_labels: dict[str, str] = Field(default_factory=dict, description="Ray node labels the learners' nodes must carry (`ray start --labels`), e.g. {pool: train}; empty = any node.")
     generator_labels: dict[str, str] = Field(default_factory=dict, description="Ray node labels the generators' nodes must carry; empty = any node.")
+    generator_cores: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="CPU only: the cores the generators' vLLM engines run on (e.g. [0]); with learner_cores, a CPU machine models a cluster's separate generator and learner GPUs. Empty = share every core.")
+    learner_cores: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="CPU only: the cores the learners run on (e.g. [1]); empty = share every core.")
     placement_timeout_s: float = Field(600.0, gt=0, description="Stop, saying what is missing, when the Ray cluster cannot hold every actor within this many seconds.")
     sync_timeout_s: float = Field(600.0, gt=0, description="Any weight-sync collective that takes longer than this fails (instead of NCCL's or gloo's own default).")
 
@@ -165,10 +169,12 @@ CROSS_FIELD_RULES = (
     "learner.train_batch_size divides rollout.prompts_per_step x rollout.samples_per_prompt: whole optimizer steps.",
     "learner.train_batch_size is divisible by cluster.num_learners: every learner gets an equal share of a step.",
     "cluster.colocate needs cluster.num_generators == cluster.num_learners and cluster.generator_tp 1: generator i shares learner i's GPU.",
+    "rollout.max_staleness > 0 needs cluster.colocate false: colocated generators sleep while the learners train.",
 )
 _CROSS_FIELD_PATHS = (
     "rollout.prompts_per_step", "rollout.samples_per_prompt", "learner.train_batch_size",
     "cluster.num_learners", "cluster.colocate", "cluster.num_generators", "cluster.generator_tp",
+    "rollout.max_staleness",
 )
 
 
@@ -199,6 +205,9 @@ def _cross_field_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
             why = (f"generator i shares learner i's GPU, so it needs cluster.num_generators == "
                    f"cluster.num_learners and cluster.generator_tp 1 (got {g}, {n}, {tp})")
             out.append(("cluster.colocate", why))
+    if have("rollout.max_staleness", "cluster.colocate") and v["rollout.max_staleness"] and v["cluster.colocate"]:
+        why = "colocated generators sleep while the learners train, so nothing can overlap: set cluster.colocate false"
+        out.append(("rollout.max_staleness", why))
     return out
 
 

@@ -88,13 +88,15 @@ def create_learners(cfg: Config, device: str, pg, gpus: float, cpus: float) -> l
 def create_generators(pg, n: int, model_path: str, *, dtype: str, device: str, gpus: float,
                       cpus: float, tp: int = 1, seed: int = 0, max_model_len: int = 4096,
                       gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
-                      trust_remote_code: bool = False, version: int = 0) -> list:
+                      trust_remote_code: bool = False, version: int = 0,
+                      cpu_cores: list[int] | None = None) -> list:
     """Generator i on bundle i of `pg`, each engine seeded apart; `version` is the weight
     update `model_path` holds."""
     return [Generator.options(num_gpus=gpus, num_cpus=cpus, **_on(pg, i))
             .remote(model_path, dtype, tp=tp, seed=seed + i, max_model_len=max_model_len,
                     device=device, gpu_memory_utilization=gpu_memory_utilization,
-                    sleep_mode=sleep_mode, trust_remote_code=trust_remote_code, version=version)
+                    sleep_mode=sleep_mode, trust_remote_code=trust_remote_code, version=version,
+                    cpu_cores=cpu_cores)
             for i in range(n)]
 
 
@@ -139,7 +141,7 @@ class Cluster:
             seed=cfg.trainer.seed, max_model_len=max_model_len,
             gpu_memory_utilization=c.gpu_memory_utilization,
             sleep_mode=c.colocate and gpu, trust_remote_code=cfg.model.trust_remote_code,
-            version=weights_version)
+            version=weights_version, cpu_cores=c.generator_cores)
         names = [f"generator {i}" for i in range(c.num_generators)]
         info = {}
         if c.colocate:
@@ -228,6 +230,11 @@ class Cluster:
             "grad_norm": results[0]["grad_norm"],
             "clip_fraction": sum(r["clipped_tokens"] for r in results) / max(tokens, 1.0),
             "kl": sum(r["kl"] for r in results) / max(tokens, 1.0),
+            # Truncated importance sampling (algorithm.tis_cap): the mean weight pi_old/mu
+            # over trained tokens, and the share of tokens whose weight hit the cap.
+            "tis/mean_weight": sum(r["tis_weight"] for r in results) / max(tokens, 1.0),
+            "tis/clipped_fraction": sum(r["tis_clipped_tokens"] for r in results)
+            / max(tokens, 1.0),
             # Share of the training passes' positions (prompt + response, every micro-batch of
             # every learner) that were right-padding: compute spent on nothing.
             "learner/padding_fraction": sum(r["padded_positions"] for r in results)

@@ -15,9 +15,10 @@ resumed run trains on those very responses (`Rollouts(..., saved=...)`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from actors.generator import Completion, Generated, Sampling
 from drgrpo.data import Problem
@@ -69,3 +70,17 @@ class Rollouts:
         return Rollout(step, problems, [c for group in generated.groups for c in group],
                        generated.started, generated.finished, generated.wait_s,
                        time.perf_counter() - start)
+
+
+def rollouts_to_json(rollouts: list[Rollout]) -> str:
+    return json.dumps([asdict(r) for r in rollouts])
+
+
+def rollouts_from_json(text: str) -> list[Rollout]:
+    out = []
+    for r in json.loads(text):
+        problems = [Problem(p["question"], p["answer"] if isinstance(p["answer"], str)
+                            else tuple(p["answer"])) for p in r.pop("problems")]
+        completions = [Completion(**c) for c in r.pop("completions")]
+        out.append(Rollout(problems=problems, completions=completions, **r))
+    return out
