@@ -26,7 +26,8 @@ LaTeX extraction is used, whose ANTLR grammar builds sympy objects node by node 
 `sympify` of a string, `sympy.Number(token)`, only ever sees NUMBER tokens, i.e. digits).
 math-verify's `ExprExtractionConfig` is NOT used: it calls sympy's `parse_expr`, i.e. Python
 `eval`. Answers longer than `MAX_ANSWER_CHARS` or nested deeper than `MAX_NESTING` score 0
-without being parsed.
+without being parsed; parsed answers whose exact evaluation would be astronomical (`9^{9^{9}}`,
+`(10!)!`, `(x+1)^{10000}`) score 0 without being evaluated (`drgrpo.answer_cost`).
 
 Hard time limit: sympy can hang or eat memory on answers like `9^{9^{9}}`, and math-verify's
 own signal-based timeouts only work in a main thread (and would turn a timeout into "wrong").
@@ -260,9 +261,14 @@ def answers_match(pred: str, golds: list[str]) -> bool:
             undecided.append((p, g))
     from math_verify import verify
 
+    from drgrpo.answer_cost import affordable  # imports sympy: workers only
+
     for p, g in undecided:
         gold_parsed = _parse(g)
-        if gold_parsed and verify(gold_parsed, _parse(p), timeout_seconds=None):
+        if not gold_parsed:
+            continue
+        pred_parsed = _parse(p)
+        if affordable(pred_parsed) and verify(gold_parsed, pred_parsed, timeout_seconds=None):
             return True
     return False
 
