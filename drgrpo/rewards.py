@@ -381,6 +381,33 @@ _OUTCOMES = {
 }
 
 
+Pair = tuple[str, tuple[str, ...]]  # an extracted answer and its acceptable references
+
+
+def plan(
+    responses: list[str],
+    answers: list[str | list[str]],
+    template: str,
+    truncated: list[bool] | None = None,
+) -> tuple[list[Verdict | None], dict[Pair, list[int]]]:
+    """Linear string work, safe in any process: the verdicts that need no worker (no answer
+    format, cut off, oversized answer) and, for the rest (None), each distinct (answer,
+    references) pair with the positions it decides."""
+    check_template(template)
+    truncated = [False] * len(responses) if truncated is None else truncated
+    if not len(responses) == len(answers) == len(truncated):
+        raise ValueError("responses, answers and truncated must have the same length")
+    verdicts: list[Verdict | None] = [None] * len(responses)
+    jobs: dict[Pair, list[int]] = {}
+    for i, (response, answer) in enumerate(zip(responses, answers)):
+        pred = extract_answer(response, template)
+        if pred is None or truncated[i] or not _parseable_size(pred):
+            verdicts[i] = Verdict(0.0, pred is not None)
+        else:
+            jobs.setdefault((pred, tuple(_golds(answer))), []).append(i)
+    return verdicts, jobs
+
+
 class Grader:
     """Grades batches with a hard per-answer time limit, in `num_workers` worker processes
     (fresh spawned interpreters), killed and replaced on timeout or crash.
@@ -414,25 +441,18 @@ class Grader:
         truncated: list[bool] | None = None,
     ) -> list[Verdict]:
         """One verdict per response, in order."""
-        check_template(template)
-        truncated = [False] * len(responses) if truncated is None else truncated
-        if not len(responses) == len(answers) == len(truncated):
-            raise ValueError("responses, answers and truncated must have the same length")
-        verdicts: list[Verdict | None] = [None] * len(responses)
-        jobs: dict[tuple[str, tuple[str, ...]], list[int]] = {}
-        for i, (response, answer) in enumerate(zip(responses, answers)):
-            pred = extract_answer(response, template)
-            if pred is None or truncated[i] or not _parseable_size(pred):
-                verdicts[i] = Verdict(0.0, pred is not None)
-            else:
-                jobs.setdefault((pred, tuple(_golds(answer))), []).append(i)
+        verdicts, jobs = plan(responses, answers, template, truncated)
         keys = list(jobs)
-        for key, outcome in zip(keys, self._run(keys)):
+        for key, verdict in zip(keys, self.judge(keys)):
             for i in jobs[key]:
-                verdicts[i] = _OUTCOMES[outcome]
+                verdicts[i] = verdict
         return verdicts  # type: ignore[return-value]
 
-    def _run(self, tasks: list[tuple[str, tuple[str, ...]]]) -> list[str]:
+    def judge(self, pairs: list[Pair]) -> list[Verdict]:
+        """The verdict on each (extracted answer, references) pair from `plan`, in order."""
+        return [_OUTCOMES[outcome] for outcome in self._run(pairs)]
+
+    def _run(self, tasks: list[Pair]) -> list[str]:
         if tasks and not self._workers:
             raise RuntimeError("the Grader is closed")
         outcomes: list[str | None] = [None] * len(tasks)
