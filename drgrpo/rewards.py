@@ -412,8 +412,11 @@ class Grader:
     """Grades batches with a hard per-answer time limit, in `num_workers` worker processes
     (fresh spawned interpreters), killed and replaced on timeout or crash.
 
-    Workers are started at construction and kept across `grade()` calls. Identical
-    (answer, reference) pairs in a batch are graded once. Not thread-safe: one caller.
+    Workers are started at construction and kept across `grade()` calls, with one spare:
+    a killed worker's place goes to the spare, already started (an interpreter importing
+    sympy takes 0.3 s on an idle core, seconds on a busy one), and a new spare starts in the
+    background. Identical (answer, reference) pairs in a batch are graded once. Not
+    thread-safe: one caller.
     """
 
     def __init__(
@@ -429,6 +432,7 @@ class Grader:
         self.timeout_s = timeout_s
         self._spawn_args = (memory_limit_mb, startup_timeout_s)
         self._workers = [_Worker(*self._spawn_args) for _ in range(num_workers)]
+        self._spare: _Worker | None = _Worker(*self._spawn_args)
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers]
@@ -476,11 +480,11 @@ class Grader:
                     queue.appendleft(task)
                     self._replace(w)
         now = time.monotonic()
-        pending = [w.deadline for w in self._workers if not w.ready or w.task is not None]
+        pending = [w.deadline for w in self._live() if not w.ready or w.task is not None]
         for w in self._readable(max(0.0, min(pending, default=now) - now)):
             self._collect(w, outcomes)
         now = time.monotonic()
-        for w in list(self._workers):
+        for w in self._live():  # the spare too: it must start in time
             if (w.ready and w.task is None) or w.deadline > now:
                 continue
             if not w.ready:
@@ -492,7 +496,7 @@ class Grader:
     def _readable(self, timeout_s: float) -> list[_Worker]:
         # poll, not select: a big process (a Ray actor) can have fds above select's 1024
         poller = select.poll()
-        by_fd = {w.fd: w for w in self._workers}
+        by_fd = {w.fd: w for w in self._live()}
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         return [by_fd[fd] for fd, _ in poller.poll(timeout_s * 1000)]
@@ -519,13 +523,21 @@ class Grader:
                     self._replace(w)
                     return
 
+    def _live(self) -> list[_Worker]:
+        return self._workers + ([self._spare] if self._spare is not None else [])
+
     def _replace(self, w: _Worker) -> None:
+        """Kill `w`; the spare takes its place (unless `w` was the spare) and a new one starts."""
         w.kill()
-        self._workers[self._workers.index(w)] = _Worker(*self._spawn_args)
+        if w is not self._spare:
+            self._workers[self._workers.index(w)] = self._spare
+        self._spare = _Worker(*self._spawn_args)
 
     def close(self) -> None:
-        """Stop the workers; idempotent."""
-        workers, self._workers = getattr(self, "_workers", []), []
+        """Stop the workers and the spare; idempotent."""
+        spare = getattr(self, "_spare", None)  # attributes may be missing: __init__ failed
+        workers = getattr(self, "_workers", []) + ([spare] if spare is not None else [])
+        self._workers, self._spare = [], None
         for w in workers:
             w.stop()
 

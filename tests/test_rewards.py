@@ -342,6 +342,23 @@ def test_worker_crash_gives_a_counted_zero_and_a_new_worker():
         assert g.worker_pids() != [pid]
 
 
+def test_a_killed_worker_is_replaced_by_the_spare_started_in_advance():
+    with Grader(num_workers=1, timeout_s=1.0) as g:
+        g.grade(["\\boxed{1}"], ["1"], "no")
+        (old,) = g.worker_pids()
+        spare = g._spare.proc.pid
+        verdicts = g.grade([SLOW, "\\boxed{3}"], ["5", "3"], "qwen_math")
+        assert verdicts == [Verdict(0.0, True, timed_out=True), Verdict(1.0, True)]
+        assert g.worker_pids() == [spare]  # no interpreter start between the kill and "3"
+        assert g._spare.proc.pid not in (old, spare)  # the next spare is on its way
+        with pytest.raises(ProcessLookupError):
+            os.kill(old, 0)  # killed and reaped
+        pids = g.worker_pids() + [g._spare.proc.pid]
+    for pid in pids:  # close() stops the spare too
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_grader_lifecycle():
     g = Grader(num_workers=1, timeout_s=5.0)
     with pytest.raises(ValueError):
