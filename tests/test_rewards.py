@@ -163,6 +163,8 @@ def test_oversized_answers_are_not_parsed():
     assert not answers_match("1" + " " * rewards.MAX_ANSWER_CHARS, ["1"])
     deep = "{" * (rewards.MAX_NESTING + 1) + "1" + "}" * (rewards.MAX_NESTING + 1)
     assert not answers_match(deep, ["1"])
+    # Twice the deepest reference (4): even an answer equal to its reference is refused.
+    assert not answers_match("\\sin(" * 9 + "x" + ")" * 9, ["\\sin(" * 9 + "x" + ")" * 9])
 
 
 # ---------------------------------------------------------------- hostile input
