@@ -19,7 +19,7 @@ from __future__ import annotations
 import ray
 from ray.util.actor_pool import ActorPool
 
-from drgrpo.rewards import Grader, Pair, Verdict, plan
+from drgrpo.rewards import DEFAULT_TIMEOUT_S, Grader, Pair, Verdict, plan
 
 
 class RewardWorkerActor:
@@ -41,7 +41,7 @@ class RewardPool:
     Small chunks balance the load; each costs one actor call (about 1 ms on 2 busy cores).
     """
 
-    def __init__(self, num_workers: int, timeout_s: float = 10.0,
+    def __init__(self, num_workers: int, timeout_s: float = DEFAULT_TIMEOUT_S,
                  options: dict | None = None, chunk_size: int = 8):
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")

@@ -29,12 +29,14 @@ math-verify's `ExprExtractionConfig` is NOT used: it calls sympy's `parse_expr`,
 without being parsed; parsed answers whose exact evaluation would be astronomical (`9^{9^{9}}`,
 `(10!)!`, `(x+1)^{10000}`) score 0 without being evaluated (`drgrpo.answer_cost`).
 
-Hard time limit: sympy can hang or eat memory on answers like `9^{9^{9}}`, and math-verify's
-own signal-based timeouts only work in a main thread (and would turn a timeout into "wrong").
-`Grader` therefore extracts answers in the caller (linear string work) and sends only the
-short extracted answer to worker processes: fresh interpreters (spawned with `subprocess`,
-inheriting nothing; they import only this module) under a memory cap, speaking JSON lines
-over pipes. A worker that misses the deadline is killed and replaced and the answer gets
+Hard time limit (`DEFAULT_TIMEOUT_S`, chosen below): sympy can still hang or eat memory on
+answers the cost guard lets through (`(a+b+c+d)^{100}` expands into 176,851 terms), and
+math-verify's own signal-based timeouts only work in a main thread (and would turn a timeout
+into "wrong"). `Grader` therefore extracts answers in the caller (linear string work, `plan`)
+and sends only the short extracted answer to worker processes: fresh interpreters (spawned
+with `subprocess`, inheriting nothing; they import only this module) under a memory cap,
+speaking JSON lines over pipes. A worker that misses the deadline is killed and replaced
+(by a spare started in advance) and the answer gets
 `Verdict(0.0, formatted, timed_out=True)`; a worker that dies or raises (segfault,
 MemoryError, RecursionError) gets `crashed=True`. Both are counted, never silently "wrong".
 """
@@ -59,6 +61,14 @@ from drgrpo.templates import check_template
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+# Hard limit per answer, wall clock. Correct answers that need math-verify take it 0.35 s at
+# most (the 286 real references rewritten as `(a)/(b)`, `(x)^{1/2}`, with the load average at
+# 7 on 2 cores), but a busy machine stretches wall time: with the load at 11 to 26, of 260 such
+# correct answers a 1 s limit lost 14, 2 s lost 1, 5 s none. The slowest real wrong answer
+# (a perturbed Minerva ODE) takes 13 s. The cost of the limit is at most this long on one
+# worker per slow answer, while the pool's other workers go on; bombs no longer reach it.
+DEFAULT_TIMEOUT_S = 5.0
 
 MAX_ANSWER_CHARS = 1000  # longer final answers score 0 unparsed: real ones are far shorter
 MAX_NESTING = 8  # likewise deeper {}/() nesting (references reach 4): the LaTeX parser's
@@ -423,7 +433,7 @@ class Grader:
     def __init__(
         self,
         num_workers: int = 1,
-        timeout_s: float = 5.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         *,
         memory_limit_mb: int = 2048,
         startup_timeout_s: float = 120.0,
