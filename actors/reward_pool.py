@@ -25,6 +25,7 @@ from drgrpo.rewards import DEFAULT_TIMEOUT_S, Grader, Pair, Verdict, plan
 class RewardWorkerActor:
     def __init__(self, timeout_s: float):
         self.grader = Grader(num_workers=1, timeout_s=timeout_s)
+        self.grader.wait_ready()  # calls queue behind __init__: none races the start-up
 
     def judge(self, tag: int, pairs: list[Pair]) -> tuple[int, list[Verdict]]:
         """`Grader.judge`, returned with `tag`: chunks come back in any order."""

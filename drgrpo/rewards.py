@@ -445,6 +445,12 @@ class Grader:
         self._workers = [_Worker(*self._spawn_args) for _ in range(num_workers)]
         self._spare: _Worker | None = _Worker(*self._spawn_args)
 
+    def wait_ready(self) -> None:
+        """Return once every worker and the spare has started (grade() waits only for the
+        workers it needs): so that no start-up competes for the CPU with what follows."""
+        while any(not w.ready for w in self._live()):
+            self._step([], deque(), [])
+
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers]
 

@@ -361,6 +361,12 @@ def test_a_killed_worker_is_replaced_by_the_spare_started_in_advance():
             os.kill(pid, 0)
 
 
+def test_wait_ready_waits_for_the_spare_too():
+    with Grader(num_workers=2, timeout_s=5.0) as g:
+        g.wait_ready()
+        assert all(w.ready for w in g._workers + [g._spare])
+
+
 def test_grader_lifecycle():
     g = Grader(num_workers=1, timeout_s=5.0)
     with pytest.raises(ValueError):
