@@ -158,45 +158,61 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+WARM = [(f"\\boxed{{{n}}}", str(n), False) for n in range(8)]  # distinct: one chunk each
+
+
+def _started(grader) -> None:
+    if hasattr(grader, "wait_ready"):
+        grader.wait_ready()
+    else:  # the code before issue 10 (no spare): grading waits for its one worker
+        _timed(grader.grade, WARM)
+
+
+def _loop(rows, timeout_s: float) -> tuple[float, list]:
+    from drgrpo.rewards import Grader
+
+    with Grader(num_workers=1, timeout_s=timeout_s) as grader:
+        _started(grader)
+        return _timed(grader.grade, rows)
+
+
 def run(quick: bool = False, timeout_s: float | None = None) -> dict:
+    """Every measurement gets graders of its own: a worker remembers what it parsed
+    (math-verify's cache, the LaTeX parser's), so answers it has seen would come back free."""
     import ray
 
     from actors.reward_pool import RewardPool
-    from drgrpo.rewards import Grader
 
+    begin = time.perf_counter()
     timeout_s = _pool_default_timeout() if timeout_s is None else timeout_s
     rows, bad = responses(quick), _hostile_rows(_eval_answers(), quick)
     figures = {"responses": len(rows), "hostile_batch_size": len(bad), "timeout_s": timeout_s,
                "load_1m_start": _load()}
-    warm = [("\\boxed{1}", "1", False)] * 4
-    with Grader(num_workers=1, timeout_s=timeout_s) as grader:
-        _timed(grader.grade, warm)
-        loop_s, loop_verdicts = _timed(grader.grade, rows)
-        loop_bad_s, _ = _timed(grader.grade, bad)
+    loop_s, loop_verdicts = _loop(rows, timeout_s)
+    loop_bad_s, _ = _loop(bad, timeout_s)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        pool_s, pool_verdicts = {}, {}
-        for n in (1, 2):
-            pool = RewardPool(n, timeout_s, options={"num_cpus": 0})
-            _timed(pool.score, warm * n)  # every worker's grader has started
-            pool_s[n], pool_verdicts[n] = _timed(pool.score, rows)
-            if n == 2:
-                figures["hostile_batch_pool2_s"] = round(_timed(pool.score, bad)[0], 3)
-            for actor in pool.workers:
-                ray.kill(actor)
+    try:  # all pools start at once; each has started (its graders too) before it is timed
+        pools = [RewardPool(n, timeout_s, options={"num_cpus": 0}) for n in (1, 2, 2)]
+        for pool in pools:
+            _timed(pool.score, WARM)
+        pool_s, pool_verdicts = zip(*[_timed(pool.score, rows) for pool in pools[:2]])
+        figures["hostile_batch_pool2_s"] = round(_timed(pools[2].score, bad)[0], 3)
+        for actor in [a for pool in pools for a in pool.workers]:
+            ray.kill(actor)
     finally:
         if started:
             ray.shutdown()
-    rate = {k: len(rows) / s for k, s in [("loop", loop_s), ("pool1", pool_s[1]),
-                                           ("pool2", pool_s[2])]}
+    rate = {k: len(rows) / s for k, s in [("loop", loop_s), ("pool1", pool_s[0]),
+                                           ("pool2", pool_s[1])]}
     figures.update({f"{k}_responses_per_s": round(v, 2) for k, v in rate.items()})
     figures.update({
         "timeouts": sum(v.timed_out for v in loop_verdicts),
-        "pool_verdicts_differ": sum(a != b for n in (1, 2)
-                                    for a, b in zip(loop_verdicts, pool_verdicts[n])),
+        "pool_verdicts_differ": sum(a != b for verdicts in pool_verdicts
+                                    for a, b in zip(loop_verdicts, verdicts)),
         "load_1m_end": _load(),
+        "wall_s": round(time.perf_counter() - begin, 1),
     })
     return {
         "name": "grading",
@@ -216,7 +232,7 @@ def by_kind(timeout_s: float | None = None) -> dict:
     timeout_s = _pool_default_timeout() if timeout_s is None else timeout_s
     answers, out = _eval_answers(), {}
     with Grader(num_workers=1, timeout_s=timeout_s) as grader:
-        grader.grade(["\\boxed{1}"], ["1"], "no")
+        _started(grader)
         for i, (kind, response) in enumerate(hostile()):
             start = time.perf_counter()
             (verdict,) = grader.grade([response], [answers[i]], "qwen_math")
