@@ -2,7 +2,8 @@
 
 Each worker owns a `drgrpo.rewards.Grader`, which grades in a child process with a hard time
 limit (killed and replaced on timeout or crash), so one hostile answer costs at most
-`timeout_s` and scores 0 with `timed_out=True`; it never stalls or kills the batch.
+`timeout_s` of CPU time (and `wall_timeout_s` of wall time) and scores 0 with
+`timed_out=True`; it never stalls or kills the batch.
 
 The driver does the linear part (`drgrpo.rewards.plan`: extract the final answers, settle the
 unformatted, cut-off and oversized ones, merge duplicates across the whole batch), so only
@@ -23,8 +24,8 @@ from drgrpo.rewards import DEFAULT_TIMEOUT_S, Grader, Pair, Verdict, plan
 
 
 class RewardWorkerActor:
-    def __init__(self, timeout_s: float):
-        self.grader = Grader(num_workers=1, timeout_s=timeout_s)
+    def __init__(self, timeout_s: float, wall_timeout_s: float | None = None):
+        self.grader = Grader(num_workers=1, timeout_s=timeout_s, wall_timeout_s=wall_timeout_s)
         self.grader.wait_ready()  # calls queue behind __init__: none races the start-up
 
     def judge(self, tag: int, pairs: list[Pair]) -> tuple[int, list[Verdict]]:
@@ -43,11 +44,12 @@ class RewardPool:
     """
 
     def __init__(self, num_workers: int, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 options: dict | None = None, chunk_size: int = 8):
+                 options: dict | None = None, chunk_size: int = 8,
+                 wall_timeout_s: float | None = None):
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         self.chunk_size = chunk_size
-        self.workers = [RewardWorker.options(**(options or {})).remote(timeout_s)
+        self.workers = [RewardWorker.options(**(options or {})).remote(timeout_s, wall_timeout_s)
                         for _ in range(num_workers)]
 
     def score(self, responses: list[str], answers: list, template: str,

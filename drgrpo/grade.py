@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", help="JSON Lines input, or - for standard input")
     parser.add_argument("--template", required=True, choices=TEMPLATES)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds per answer (hard)")
+                        help="CPU seconds per answer (hard; 6x that of wall time)")
     parser.add_argument("--workers", type=int, default=1, help="grading processes")
     args = parser.parse_args(argv)
     if args.timeout <= 0 or args.workers < 1:

@@ -35,8 +35,8 @@ math-verify's own signal-based timeouts only work in a main thread (and would tu
 into "wrong"). `Grader` therefore extracts answers in the caller (linear string work, `plan`)
 and sends only the short extracted answer to worker processes: fresh interpreters (spawned
 with `subprocess`, inheriting nothing; they import only this module) under a memory cap,
-speaking JSON lines over pipes. A worker that misses the deadline is killed and replaced
-(by a spare started in advance) and the answer gets
+speaking JSON lines over pipes. A worker that spends the limit (CPU time; see `Grader`) is
+killed and replaced (by a spare started in advance) and the answer gets
 `Verdict(0.0, formatted, timed_out=True)`; a worker that dies or raises (segfault,
 MemoryError, RecursionError) gets `crashed=True`. Both are counted, never silently "wrong".
 """
@@ -62,12 +62,14 @@ from drgrpo.templates import check_template
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-# Hard limit per answer, wall clock. Correct answers that need math-verify take it 0.35 s at
-# most (the 286 real references rewritten as `(a)/(b)`, `(x)^{1/2}`, with the load average at
-# 7 on 2 cores), but a busy machine stretches wall time: with the load at 11 to 26, of 260 such
-# correct answers a 1 s limit lost 14, 2 s lost 1, 5 s none. The slowest real wrong answer
-# (a perturbed Minerva ODE) takes 13 s. The cost of the limit is at most this long on one
-# worker per slow answer, while the pool's other workers go on; bombs no longer reach it.
+# Hard limit per answer, in CPU seconds of the grading process (see `Grader`). Measured on
+# the 286 real references rewritten as `(a)/(b)`, `(x)^{1/2}` (correct, and math-verify has to
+# work) and 1,560 perturbed (wrong) ones: as CPU time, at niceness 15 with the load average at
+# 12 to 21 on 2 cores, a 1 s limit lost none of the 260 correct ones; only a wrong Minerva ODE
+# needs more (13 s). As wall time (how it was counted before), at niceness 0 and a load of 11
+# to 26, 1 s lost 14 correct answers and 2 s one. 5 s leaves room for slower cores and for a new
+# worker, whose parser caches are empty; what it costs is at most 5 s of one worker per slow
+# answer while the pool's other workers go on, and expression bombs no longer reach it.
 DEFAULT_TIMEOUT_S = 5.0
 
 MAX_ANSWER_CHARS = 1000  # longer final answers score 0 unparsed: real ones are far shorter
@@ -303,6 +305,7 @@ def grade_response(
 # ---------------------------------------------------------------- hard time limit
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _worker_main(memory_limit_mb: int) -> None:
@@ -344,17 +347,35 @@ class _Worker:
         self.buffer = b""
         self.ready = False
         self.task: int | None = None
-        self.deadline = time.monotonic() + startup_timeout_s
+        self.deadline = time.monotonic() + startup_timeout_s  # wall clock
+        self.sent_at, self.cpu_at_send = 0.0, None
 
-    def send(self, task: int, pred: str, golds: list[str], timeout_s: float) -> bool:
+    def send(self, task: int, pred: str, golds: list[str], wall_timeout_s: float) -> bool:
         message = json.dumps({"id": task, "pred": pred, "golds": golds}) + "\n"
         try:
             self.proc.stdin.write(message.encode())
             self.proc.stdin.flush()
         except OSError:  # died while idle; the caller retries the task elsewhere
             return False
-        self.task, self.deadline = task, time.monotonic() + timeout_s
+        self.task, self.sent_at = task, time.monotonic()
+        self.deadline, self.cpu_at_send = self.sent_at + wall_timeout_s, self._cpu_s()
         return True
+
+    def _cpu_s(self) -> float | None:
+        """CPU seconds (user + system) the process has used; None where /proc is missing."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "(comm)": field 3 on
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def used_s(self) -> float:
+        """CPU seconds spent on the current task (wall seconds where CPU time is unknown)."""
+        now = self._cpu_s()
+        if now is None or self.cpu_at_send is None:
+            return time.monotonic() - self.sent_at
+        return now - self.cpu_at_send
 
     def read(self) -> list[dict] | None:
         """Complete messages now available, or None at end of file (the process died)."""
@@ -423,6 +444,12 @@ class Grader:
     """Grades batches with a hard per-answer time limit, in `num_workers` worker processes
     (fresh spawned interpreters), killed and replaced on timeout or crash.
 
+    The limit counts the worker's CPU time (`timeout_s`), so that a verdict does not depend
+    on what else runs on the machine: Ray starts its workers, and so the reward pool's graders,
+    at niceness 15, and on 2 cores kept busy by other processes a 5 s wall-clock limit timed
+    out ordinary answers (2-3 of 827; none at niceness 0). `wall_timeout_s` (6 x `timeout_s`
+    unless given) still bounds the wall time of a worker that gets no CPU at all.
+
     Workers are started at construction and kept across `grade()` calls, with one spare:
     a killed worker's place goes to the spare, already started (an interpreter importing
     sympy takes 0.3 s on an idle core, seconds on a busy one), and a new spare starts in the
@@ -435,12 +462,14 @@ class Grader:
         num_workers: int = 1,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         *,
+        wall_timeout_s: float | None = None,
         memory_limit_mb: int = 2048,
         startup_timeout_s: float = 120.0,
     ) -> None:
-        if num_workers < 1 or timeout_s <= 0:
-            raise ValueError("num_workers must be >= 1 and timeout_s > 0")
-        self.timeout_s = timeout_s
+        wall_timeout_s = 6 * timeout_s if wall_timeout_s is None else wall_timeout_s
+        if num_workers < 1 or timeout_s <= 0 or wall_timeout_s < timeout_s:
+            raise ValueError("num_workers must be >= 1 and 0 < timeout_s <= wall_timeout_s")
+        self.timeout_s, self.wall_timeout_s = timeout_s, wall_timeout_s
         self._spawn_args = (memory_limit_mb, startup_timeout_s)
         self._workers = [_Worker(*self._spawn_args) for _ in range(num_workers)]
         self._spare: _Worker | None = _Worker(*self._spawn_args)
@@ -493,22 +522,27 @@ class Grader:
         for w in list(self._workers):
             if w.ready and w.task is None and queue:
                 task = queue.popleft()
-                if not w.send(task, tasks[task][0], list(tasks[task][1]), self.timeout_s):
+                if not w.send(task, tasks[task][0], list(tasks[task][1]), self.wall_timeout_s):
                     queue.appendleft(task)
                     self._replace(w)
         now = time.monotonic()
-        pending = [w.deadline for w in self._live() if not w.ready or w.task is not None]
-        for w in self._readable(max(0.0, min(pending, default=now) - now)):
+        waits = [w.deadline - now for w in self._live() if not w.ready or w.task is not None]
+        # CPU time grows no faster than the wall clock: sleeping through what is left of the
+        # budget cannot overshoot it.
+        waits += [self.timeout_s - w.used_s() for w in self._workers if w.task is not None]
+        for w in self._readable(max(0.0, min(waits, default=0.0))):
             self._collect(w, outcomes)
         now = time.monotonic()
         for w in self._live():  # the spare too: it must start in time
-            if (w.ready and w.task is None) or w.deadline > now:
+            if w.ready and w.task is None:
                 continue
             if not w.ready:
-                self.close()
-                raise RuntimeError("a grading worker did not start in time")
-            outcomes[w.task] = "timeout"
-            self._replace(w)
+                if w.deadline <= now:
+                    self.close()
+                    raise RuntimeError("a grading worker did not start in time")
+            elif w.deadline <= now or w.used_s() >= self.timeout_s:
+                outcomes[w.task] = "timeout"
+                self._replace(w)
 
     def _readable(self, timeout_s: float) -> list[_Worker]:
         # poll, not select: a big process (a Ray actor) can have fds above select's 1024

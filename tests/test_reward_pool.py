@@ -23,7 +23,9 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def pool(ray_local):
-    pool = RewardPool(2, timeout_s=2.0, options={"num_cpus": 0})
+    # Wall-clock limits (wall_timeout_s = timeout_s), so that the time these tests measure
+    # does not depend on how much CPU a busy machine leaves Ray's niceness-15 workers.
+    pool = RewardPool(2, timeout_s=2.0, wall_timeout_s=2.0, options={"num_cpus": 0})
     pool.score(["\\boxed{1}"] * 8, ["1"] * 8, "no", [False] * 8)  # both workers started
     yield pool
     for actor in pool.workers:

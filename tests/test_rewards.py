@@ -361,6 +361,33 @@ def test_a_killed_worker_is_replaced_by_the_spare_started_in_advance():
             os.kill(pid, 0)
 
 
+def test_the_limit_counts_cpu_time_not_a_busy_machine():
+    # A stopped worker gets no CPU, like one starved by busier or higher-priority processes:
+    # 3 s of waiting is not 1 s of grading, and the answer still gets its verdict.
+    with Grader(num_workers=1, timeout_s=1.0, wall_timeout_s=60.0) as g:
+        g.wait_ready()
+        (pid,) = g.worker_pids()
+        os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(3.0, os.kill, (pid, signal.SIGCONT))
+        resume.start()
+        verdicts, elapsed = _timed(g, ["\\boxed{\\frac{2}{4}}"], ["0.5"])
+        resume.join()
+        assert verdicts == [Verdict(1.0, True)]
+        assert elapsed >= 3.0 and g.worker_pids() == [pid]
+
+
+def test_the_wall_clock_still_bounds_a_worker_that_gets_no_cpu():
+    with Grader(num_workers=1, timeout_s=1.0, wall_timeout_s=2.0) as g:
+        g.wait_ready()
+        (pid,) = g.worker_pids()
+        os.kill(pid, signal.SIGSTOP)  # never resumed: killed at the wall limit
+        verdicts, elapsed = _timed(g, ["\\boxed{\\frac{2}{4}}", "\\boxed{3}"], ["0.5", "3"])
+        assert verdicts == [Verdict(0.0, True, timed_out=True), Verdict(1.0, True)]
+        assert 2.0 <= elapsed < 2.0 + 20
+    with pytest.raises(ValueError):
+        Grader(timeout_s=2.0, wall_timeout_s=1.0)
+
+
 def test_wait_ready_waits_for_the_spare_too():
     with Grader(num_workers=2, timeout_s=5.0) as g:
         g.wait_ready()
