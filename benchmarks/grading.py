@@ -10,7 +10,8 @@ hostile batch alone on the pool with 2 workers (and on the baseline). `run()` re
 JSON-able dict; `--by-kind` also grades each hostile answer alone and sums the time per kind.
 
 Every figure depends on the machine and on what else runs on it: `os.getloadavg()` is
-recorded before and after. The per-answer limit is the pool's own default unless given.
+recorded before and after, and the niceness of the baseline and of Ray's workers. The
+per-answer limit is the pool's own default unless given.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def responses(quick: bool) -> list[tuple[str, object, bool]]:
 
 def _hostile_rows(answers: list, quick: bool) -> list[tuple[str, object, bool]]:
     rows = [(r, answers[i], False) for i, (_, r) in enumerate(hostile())]
-    return rows[::6] if quick else rows  # quick: one of each kind but garbage, two bombs
+    return rows[::6] if quick else rows  # quick: 2 bombs, 2 nested, 1 of each other kind
 
 
 # ---------------------------------------------------------------- measuring
@@ -156,6 +157,10 @@ def _timed(fn, rows) -> tuple[float, list]:
 
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def _niceness() -> int:
+    return os.nice(0)
 
 
 WARM = [(f"\\boxed{{{n}}}", str(n), False) for n in range(8)]  # distinct: one chunk each
@@ -186,14 +191,17 @@ def run(quick: bool = False, timeout_s: float | None = None) -> dict:
     begin = time.perf_counter()
     timeout_s = _pool_default_timeout() if timeout_s is None else timeout_s
     rows, bad = responses(quick), _hostile_rows(_eval_answers(), quick)
+    # Ray runs its workers, so the pool's graders, at niceness 15 (RAY_worker_niceness): on a
+    # machine that other processes keep busy they get less CPU than the baseline here.
     figures = {"responses": len(rows), "hostile_batch_size": len(bad), "timeout_s": timeout_s,
-               "load_1m_start": _load()}
+               "load_1m_start": _load(), "baseline_niceness": _niceness()}
     loop_s, loop_verdicts = _loop(rows, timeout_s)
     loop_bad_s, _ = _loop(bad, timeout_s)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:  # all pools start at once; each has started (its graders too) before it is timed
+        figures["pool_niceness"] = ray.get(ray.remote(num_cpus=0)(_niceness).remote())
         pools = [RewardPool(n, timeout_s, options={"num_cpus": 0}) for n in (1, 2, 2)]
         for pool in pools:
             _timed(pool.score, WARM)
