@@ -9,10 +9,9 @@ The driver does the linear part (`drgrpo.rewards.plan`: extract the final answer
 unformatted, cut-off and oversized ones, merge duplicates across the whole batch), so only
 short distinct answers travel. These go out in small chunks to whichever worker is free, so
 a slow answer delays only its own chunk while the other workers take the rest. A chunk takes
-every k-th answer rather than k neighbours: the samples of one question sit side by side and
-a policy that found a slow answer tends to repeat variants of it, which then spread over
-chunks instead of filling one. (One contiguous chunk per worker made the step wait for the
-sum of the limits in the worst chunk.)
+every k-th answer rather than k neighbours: the samples of one question sit side by side, so
+answers alike (and alike slow) would otherwise share a chunk. (One contiguous chunk per
+worker made the step wait for the sum of the limits in the worst chunk.)
 """
 
 from __future__ import annotations
