@@ -112,14 +112,14 @@ def _perturb(answer: str) -> str:  # as tests/test_rewards.py: first number + 1
     return answer[: m.start()] + str(int(m.group()) + 1) + answer[m.end():]
 
 
-def responses(quick: bool) -> list[tuple[str, object, bool]]:
-    """(response, reference, truncated): every `step`-th real answer as correct, rewritten
-    (where that changes it), wrong, and every third one malformed; the hostile set mixed in,
-    all in a fixed shuffled order (qwen_math format)."""
+def responses(quick: bool, offset: int = 0) -> list[tuple[str, object, bool]]:
+    """(response, reference, truncated): every `step`-th real answer from `offset` as correct,
+    rewritten (where that changes it), wrong, and every third one malformed; the hostile set
+    mixed in, all in a fixed shuffled order (qwen_math format)."""
     answers = _eval_answers()
     step = 40 if quick else 5
     out = []
-    for n, answer in enumerate(answers[::step]):
+    for n, answer in enumerate(answers[offset::step]):
         first = answer[0] if isinstance(answer, list) else answer
         out.append((_boxed(first), answer, False))
         if _rewrite(first) != first:
@@ -129,9 +129,18 @@ def responses(quick: bool) -> list[tuple[str, object, bool]]:
             out.append([(f"The answer is {first}.", answer, False),
                         (_boxed(first)[:-3], answer, False),  # cut inside the box
                         (_boxed(first), answer, True)][n // 3 % 3])  # cut at the token limit
-    out += _hostile_rows(answers, quick)
+    if offset == 0:
+        out += _hostile_rows(answers, quick)
     random.Random(0).shuffle(out)
     return out
+
+
+def warm_up(quick: bool) -> list[tuple[str, object, bool]]:
+    """Other real answers (no hostile ones), graded before the clock runs. A worker keeps what
+    it parsed: math-verify caches parses of identical strings, the LaTeX parser builds its
+    decision tables as it meets new shapes. Graders in training run for hours, so each one
+    is measured warm, but on answers it has not seen (a fresh one took 20% longer here)."""
+    return responses(quick, offset=2)
 
 
 def _hostile_rows(answers: list, quick: bool) -> list[tuple[str, object, bool]]:
@@ -163,27 +172,23 @@ def _niceness() -> int:
     return os.nice(0)
 
 
-WARM = [(f"\\boxed{{{n}}}", str(n), False) for n in range(8)]  # distinct: one chunk each
-
-
-def _started(grader) -> None:
+def _started(grader, warm) -> None:
     if hasattr(grader, "wait_ready"):
-        grader.wait_ready()
-    else:  # the code before issue 10 (no spare): grading waits for its one worker
-        _timed(grader.grade, WARM)
+        grader.wait_ready()  # the spare too: its start-up must not overlap the measurement
+    _timed(grader.grade, warm)
 
 
-def _loop(rows, timeout_s: float) -> tuple[float, list]:
+def _loop(rows, timeout_s: float, warm) -> tuple[float, list]:
     from drgrpo.rewards import Grader
 
     with Grader(num_workers=1, timeout_s=timeout_s) as grader:
-        _started(grader)
+        _started(grader, warm)
         return _timed(grader.grade, rows)
 
 
 def run(quick: bool = False, timeout_s: float | None = None) -> dict:
-    """Every measurement gets graders of its own: a worker remembers what it parsed
-    (math-verify's cache, the LaTeX parser's), so answers it has seen would come back free."""
+    """Every measurement gets graders of its own, warmed on other answers (`warm_up`): a
+    worker that had graded these very answers would answer from math-verify's cache."""
     import ray
 
     from actors.reward_pool import RewardPool
@@ -195,16 +200,17 @@ def run(quick: bool = False, timeout_s: float | None = None) -> dict:
     # machine that other processes keep busy they get less CPU than the baseline here.
     figures = {"responses": len(rows), "hostile_batch_size": len(bad), "timeout_s": timeout_s,
                "load_1m_start": _load(), "baseline_niceness": _niceness()}
-    loop_s, loop_verdicts = _loop(rows, timeout_s)
-    loop_bad_s, _ = _loop(bad, timeout_s)
+    warm = warm_up(quick)
+    loop_s, loop_verdicts = _loop(rows, timeout_s, warm)
+    loop_bad_s, _ = _loop(bad, timeout_s, warm)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:  # all pools start at once; each has started (its graders too) before it is timed
+    try:  # all pools start at once; each is warmed before it is timed
         figures["pool_niceness"] = ray.get(ray.remote(num_cpus=0)(_niceness).remote())
         pools = [RewardPool(n, timeout_s, options={"num_cpus": 0}) for n in (1, 2, 2)]
         for pool in pools:
-            _timed(pool.score, WARM)
+            _timed(pool.score, warm)  # each worker sees its share (actors start before calls)
         pool_s, pool_verdicts = zip(*[_timed(pool.score, rows) for pool in pools[:2]])
         figures["hostile_batch_pool2_s"] = round(_timed(pools[2].score, bad)[0], 3)
         for actor in [a for pool in pools for a in pool.workers]:
@@ -240,7 +246,7 @@ def by_kind(timeout_s: float | None = None) -> dict:
     timeout_s = _pool_default_timeout() if timeout_s is None else timeout_s
     answers, out = _eval_answers(), {}
     with Grader(num_workers=1, timeout_s=timeout_s) as grader:
-        _started(grader)
+        _started(grader, warm_up(False))
         for i, (kind, response) in enumerate(hostile()):
             start = time.perf_counter()
             (verdict,) = grader.grade([response], [answers[i]], "qwen_math")
