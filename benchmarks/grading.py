@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -172,6 +173,20 @@ def _niceness() -> int:
     return os.nice(0)
 
 
+_SPIN = ("import time; t, c = time.time(), time.process_time()\n"
+         "while time.time() - t < {s}: pass\n"
+         "print((time.process_time() - c) / (time.time() - t))")
+
+
+def _cores_free(processes: int = 2, seconds: float = 2.0) -> float:
+    """CPU cores that `processes` busy processes get together: what 2 workers can scale to.
+    On this project's shared 2-core machine it was 0.4 to 0.7 at times, and no pool of 2
+    can then beat a loop of 1, whatever the code."""
+    procs = [subprocess.Popen([sys.executable, "-c", _SPIN.format(s=seconds)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    return round(sum(float(p.communicate()[0]) for p in procs), 2)
+
+
 def _started(grader, warm) -> None:
     if hasattr(grader, "wait_ready"):
         grader.wait_ready()  # the spare too: its start-up must not overlap the measurement
@@ -199,7 +214,8 @@ def run(quick: bool = False, timeout_s: float | None = None) -> dict:
     # Ray runs its workers, so the pool's graders, at niceness 15 (RAY_worker_niceness): on a
     # machine that other processes keep busy they get less CPU than the baseline here.
     figures = {"responses": len(rows), "hostile_batch_size": len(bad), "timeout_s": timeout_s,
-               "load_1m_start": _load(), "baseline_niceness": _niceness()}
+               "load_1m_start": _load(), "baseline_niceness": _niceness(),
+               "cores_free_start": _cores_free()}
     warm = warm_up(quick)
     loop_s, loop_verdicts = _loop(rows, timeout_s, warm)
     loop_bad_s, _ = _loop(bad, timeout_s, warm)
@@ -226,6 +242,7 @@ def run(quick: bool = False, timeout_s: float | None = None) -> dict:
         "pool_verdicts_differ": sum(a != b for verdicts in pool_verdicts
                                     for a, b in zip(loop_verdicts, verdicts)),
         "load_1m_end": _load(),
+        "cores_free_end": _cores_free(),
         "wall_s": round(time.perf_counter() - begin, 1),
     })
     return {
