@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from drgrpo.rewards import DEFAULT_TIMEOUT_S
+
 # coerce_numbers_to_str: `path: 2024` in YAML means the string, not a type error.
 _STRICT = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 _Beta = Annotated[float, Field(ge=0, lt=1)]
@@ -107,6 +109,7 @@ class ClusterConfig(BaseModel):
     generator_tp: PositiveInt = Field(1, description="Tensor-parallel GPUs per vLLM engine.")
     num_learners: PositiveInt = Field(1, description="Training processes (one GPU each on cuda).")
     num_reward_workers: PositiveInt = Field(2, description="CPU processes that grade responses.")
+    reward_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="Hard limit for grading one answer, in CPU seconds of its grading process (and 6x that in wall-clock seconds); an answer that reaches it scores 0 and is counted in reward/timeouts. Why 5 s: drgrpo/rewards.py.")
     colocate: bool = Field(False, description="Generator i shares learner i's GPU and sleeps while the learners train (the paper's setup); on CPUs it only shares the bundle.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of each GPU's memory vLLM may use; null = 0.35 when colocated (the paper's value), else 0.9.")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when the Ray cluster has GPUs (any node's, not the driver's), else cpu.")

@@ -149,7 +149,7 @@ class Cluster:
             # learners sharing those GPUs load their weights only after every engine is up.
             info.update(zip(names, gather([g.ready.remote() for g in self.generators], names)))
         self.learners = create_learners(cfg, device, self.learner_pg, learner_gpus, cpus)
-        self.rewards = RewardPool(c.num_reward_workers, options={"num_cpus": 0})
+        self.rewards = RewardPool(c.num_reward_workers, c.reward_timeout_s, options={"num_cpus": 0})
         pending = [(f"learner {r}", l) for r, l in enumerate(self.learners)]
         if not c.colocate:
             pending += list(zip(names, self.generators))

@@ -49,6 +49,7 @@ def test_defaults():
     c = cfg.cluster
     assert (c.num_generators, c.generator_tp, c.num_learners, c.num_reward_workers) == (1, 1, 1, 2)
     assert c.colocate is False and c.device == "auto"
+    assert c.reward_timeout_s == 5.0  # the grader's own default (drgrpo/rewards.py says why)
     e = cfg.eval
     assert (e.temperature, e.max_new_tokens, e.samples, e.limit) == (0.0, 3000, 1, None)
     t = cfg.trainer
