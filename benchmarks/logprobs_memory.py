@@ -28,7 +28,7 @@ def run(variant: str, lm, ids, chunk_size: int):
 
 
 def measure(variant: str, batch: int, seq: int, hidden: int, device: str,
-            chunk_size: int = 1024) -> dict:
+            chunk_size: int | None = None) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--hidden", type=int, default=896)  # Qwen2.5-0.5B's width
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--chunk-size", type=int, help="rows per chunk (default: the project's)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -89,7 +89,7 @@ def main() -> None:
     for variant in ("naive", "chunked"):
         proc = subprocess.run([sys.executable, __file__, "--variant", variant,
                                *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                                 if k != "variant"]],
+                                 if k != "variant" and v is not None]],
                               capture_output=True, text=True, check=True)
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
         r = results[variant]
