@@ -47,6 +47,13 @@ def _train(cfg: Config, run: Run) -> dict:
     cluster = Cluster(cfg, device, model_path=run.model_path, max_model_len=run.max_model_len,
                       weights_version=run.state.step)
     run.note_actors(cluster.actors)
+    try:
+        return _steps(cfg, run, cluster)
+    finally:  # a failed run too: its actors and placement groups end with it, not with Ray
+        cluster.shutdown()
+
+
+def _steps(cfg: Config, run: Run, cluster) -> dict:
     state: RunState = run.state
     if run.resume_from:
         cluster.load_optimizer(str(run.resume_from))
@@ -112,9 +119,7 @@ def _train(cfg: Config, run: Run) -> dict:
             if step == cfg.trainer.max_steps or (cfg.trainer.save_every
                                                  and step % cfg.trainer.save_every == 0):
                 run.save_checkpoint(cluster, step, rollouts.in_flight())
-    summary = run.write_summary()
-    cluster.shutdown()
-    return summary
+    return run.write_summary()
 
 
 def step_record(run: Run, step: int, rollout: Rollout, verdicts: list, train_stats: dict,
