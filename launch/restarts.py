@@ -39,7 +39,7 @@ def train_with_restarts(cfg: Config, train_run: Callable[[Config, Run], dict]) -
             with run.loggers:  # closed on error too, so TensorBoard and W&B keep every logged step
                 return train_run(attempt, run)
         except ActorFailure as failure:
-            if not run.actors:  # failed while starting: it would fail so again
+            if not run.actors:  # failed while starting: it would fail the same way again
                 raise
             resume, checkpoint = _resume_point(cfg, run.output_dir)
             if restarts == limit:
@@ -82,7 +82,8 @@ def _give_up(failure: ActorFailure, limit: int, history: list[dict],
         tried = "not restarted (trainer.max_restarts 0)"
     else:
         before = ", ".join(r["actor"] for r in history[-limit:])
-        tried = f"gave up after {limit} restarts (trainer.max_restarts), after failures of {before}"
+        tried = (f"not restarted again: trainer.max_restarts {limit} reached (restarted after "
+                 f"failures of {before})")
     kept = (f"its last checkpoint, {checkpoint}, is intact: --trainer.resume auto continues "
             "from it" if checkpoint else "it saved no checkpoint (trainer.save_every)")
     return f"{failure}; {tried}; {kept}"
