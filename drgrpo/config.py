@@ -150,6 +150,7 @@ class TrainerConfig(BaseModel):
     save_every: int = Field(64, ge=0, description="Save a checkpoint every N policy steps; 0 = only the final save, which always happens.")
     output_dir: _Path = Field("runs/drgrpo", description="Folder for checkpoints, logs and the resolved config.yaml.")
     seed: int = Field(42, ge=0, description="Random seed for data order, sampling and initialisation.")
+    max_restarts: int = Field(3, ge=0, description="When an actor is lost mid-run (a learner's process killed, and its state with it), restart the run in the same driver from its latest complete checkpoint (the start if none), at most this many times; 0 = stop at the first such failure.")
     resume: _Path = Field("never", description="never = start fresh; auto = continue from the latest complete checkpoint in output_dir (fresh if none); else a checkpoint path.")
     loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(default_factory=lambda: ["jsonl", "tensorboard"], description="Where each step's metrics go: jsonl (metrics.jsonl; required, as summary.json, the plots and resume read it), tensorboard (output_dir/tensorboard/), wandb (needs the wandb package; WANDB_MODE=offline logs without a network).")
     wandb_project: str = Field("drgrpo", min_length=1, description="W&B project when loggers has wandb; the W&B run is named after output_dir's last folder.")

@@ -43,6 +43,9 @@ class RunState:
     wall_time_s: float = 0.0
     eval_accuracy_initial: float | None = None
     eval_accuracy_final: float | None = None
+    # Each time the driver restarted the run from a checkpoint (launch/restarts.py): kept in
+    # the checkpoints, so a run re-submitted with `--trainer.resume auto` still lists them.
+    restarts: list[dict] = field(default_factory=list)
 
 
 def _load_tokenizer(path: str, trust_remote_code: bool):
@@ -184,6 +187,7 @@ class Run:
             "eval_accuracy_final": self.state.eval_accuracy_final,
             "final": last,
             "actors": self.actors,
+            "restarts": self.state.restarts,
         }
         path = self.output_dir / "summary.json"
         path.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))

@@ -27,13 +27,14 @@ from drgrpo.templates import apply_template, stop_strings
 from launch.evaluate import evaluate
 from launch.failures import RunError
 from launch.pipeline import Rollout, Rollouts
-from launch.run import InputError, Run, RunState, prepare
+from launch.restarts import train_with_restarts
+from launch.run import InputError, Run, RunState
 
 
 def train(cfg: Config) -> dict:
-    run = prepare(cfg)  # every check on user input, before any actor starts
-    with run.loggers:  # closed on error too, so TensorBoard and W&B keep every logged step
-        return _train(cfg, run)
+    # An actor lost mid-run (a learner, and its state with it) restarts the run from its
+    # latest checkpoint, up to trainer.max_restarts times: see launch/restarts.py.
+    return train_with_restarts(cfg, _train)
 
 
 def _train(cfg: Config, run: Run) -> dict:
@@ -41,12 +42,19 @@ def _train(cfg: Config, run: Run) -> dict:
 
     from launch.cluster import Cluster
 
-    if not ray.is_initialized():  # launch.compare trains twice in one process
+    if not ray.is_initialized():  # launch.compare trains twice, a restart again, in one process
         ray.init(**run.ray_init_kwargs)
     device = cfg.cluster.resolve_device(ray.cluster_resources())
     cluster = Cluster(cfg, device, model_path=run.model_path, max_model_len=run.max_model_len,
                       weights_version=run.state.step)
     run.note_actors(cluster.actors)
+    try:
+        return _steps(cfg, run, cluster)
+    finally:  # a failed run too: its actors and placement groups end with it, not with Ray
+        cluster.shutdown()
+
+
+def _steps(cfg: Config, run: Run, cluster) -> dict:
     state: RunState = run.state
     if run.resume_from:
         cluster.load_optimizer(str(run.resume_from))
@@ -112,9 +120,7 @@ def _train(cfg: Config, run: Run) -> dict:
             if step == cfg.trainer.max_steps or (cfg.trainer.save_every
                                                  and step % cfg.trainer.save_every == 0):
                 run.save_checkpoint(cluster, step, rollouts.in_flight())
-    summary = run.write_summary()
-    cluster.shutdown()
-    return summary
+    return run.write_summary()
 
 
 def step_record(run: Run, step: int, rollout: Rollout, verdicts: list, train_stats: dict,
@@ -141,6 +147,7 @@ def step_record(run: Run, step: int, rollout: Rollout, verdicts: list, train_sta
         "time/generator_wait_s": rollout.generator_wait_s,
         **{f"weight_sync/{k}": v for k, v in sync.items()},
         "tokens_per_s": sum(lengths) / max(generate_s, 1e-9),
+        "faults/run_restarts": len(run.state.restarts),
         "timeline": {phase: [run.clock(a), run.clock(b)] for phase, a, b in (
             ("generate", rollout.started, rollout.finished), ("reward", t1, t2),
             ("train", t2, t3), ("weight_sync", t3, t4))},

@@ -1,0 +1,113 @@
+"""Run restarts (launch/restarts.py): a learner's process killed from outside, as the kernel or
+a lost node would kill it, mid-run. The driver must restart the run from its latest
+checkpoint, and the restarted run must log what a run without the fault logs."""
+
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import test_train_e2e
+from test_train_e2e import ROOT, read_metrics, tensorboard_scalars, untimed
+
+# The end-to-end tests' fixtures: their config and tiny models (built once per module).
+workdir, answering_run = test_train_e2e.workdir, test_train_e2e.answering_run
+
+RESTART_KEYS = ("faults/run_restarts",)
+
+
+def start_run(workdir, out, *flags) -> subprocess.Popen:
+    """tests/test_train_e2e.py's small_run (one generator, learner and grader), started in
+    the background; its Ray cluster is its own (started by the run), so its processes are
+    its descendants."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch.train", "--config", str(workdir / "cpu.yaml"),
+         "--trainer.output_dir", str(out), "--cluster.num_generators", "1",
+         "--cluster.num_learners", "1", "--cluster.num_reward_workers", "1",
+         "--trainer.eval_every", "0", *flags],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_learner(proc: subprocess.Popen, checkpoint, method: str | None, timeout=600) -> str:
+    """SIGKILL this run's learner once `checkpoint` is complete and the learner runs `method`
+    (any, if None); returns the process title it had when killed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if (checkpoint / "trainer_state.json").is_file():
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    title = " ".join(child.cmdline()).strip()
+                    if title.startswith("ray::LearnerActor") and (
+                            method is None or title.startswith(f"ray::LearnerActor.{method}")):
+                        child.kill()
+                        return title
+                except psutil.NoSuchProcess:
+                    continue
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError(f"no learner to kill within {timeout} s")
+
+
+def test_killed_learner_restarts_the_run_from_its_checkpoint(workdir, answering_run):
+    """kill -9 of the learner while it trains step 3: the run restarts from its step-2
+    checkpoint and finishes; every step is logged once (metrics.jsonl and TensorBoard), and
+    steps 3 and 4 are exactly those of a run without the fault (CPU runs are deterministic),
+    counted as after one restart."""
+    flags = [*answering_run, "--trainer.max_steps", "4", "--trainer.save_every", "2"]
+    whole, chaos = workdir / "restart-whole", workdir / "restart-chaos"
+    proc = start_run(workdir, whole, *flags)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+
+    proc = start_run(workdir, chaos, *flags)
+    title = kill_learner(proc, chaos / "checkpoints" / "step_000002", "train")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert title.startswith("ray::LearnerActor.train")
+
+    restarts = [line for line in err.replace("\r", "\n").splitlines() if "restart" in line]
+    assert restarts == [
+        "restarting run (1/3): learner 0 failed: the actor's process died (killed, out of "
+        f"memory, or its node was lost); resuming from {chaos}/checkpoints/step_000002"], err
+    expected, got = read_metrics(whole), read_metrics(chaos)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    assert [r["faults/run_restarts"] for r in got] == [0, 0, 1, 1]
+    assert all(r["grad_norm"] > 0 for r in expected)  # every step changes the weights
+
+    def same(record):
+        return {k: v for k, v in untimed(record).items() if k not in RESTART_KEYS}
+
+    assert [same(r) for r in got] == [same(r) for r in expected]
+    reward = tensorboard_scalars(chaos, "reward/mean")
+    assert [s for s, _ in reward] == [1, 2, 3, 4]
+    assert [v for _, v in reward] == pytest.approx([r["reward/mean"] for r in got])
+    assert tensorboard_scalars(chaos, "faults/run_restarts") == [(1, 0), (2, 0), (3, 1), (4, 1)]
+    summary = json.loads((chaos / "summary.json").read_text())
+    assert summary["steps"] == 4
+    [restart] = summary["restarts"]
+    assert (restart["actor"], restart["failed_at_step"], restart["resumed_from_step"],
+            restart["checkpoint"]) == ("learner 0", 3, 2, str(chaos / "checkpoints" / "step_000002"))
+    assert "process died" in restart["reason"] and restart["at"]
+
+
+def test_no_restarts_left_is_one_line_naming_the_learner_and_checkpoint(workdir, tmp_path):
+    """trainer.max_restarts 0: the learner's death ends the run, with exit code 1 and one
+    error line that names the learner and the last checkpoint, which stays complete."""
+    out = tmp_path / "run"
+    proc = start_run(workdir, out, "--trainer.max_steps", "3", "--trainer.save_every", "1",
+                     "--trainer.max_restarts", "0")
+    checkpoint = out / "checkpoints" / "step_000001"
+    kill_learner(proc, checkpoint, None)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "restarting" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error")]
+    assert lines == [
+        "error: learner 0 failed: the actor's process died (killed, out of memory, or its node "
+        f"was lost); not restarted (trainer.max_restarts 0); its last checkpoint, {checkpoint}, "
+        "is intact: --trainer.resume auto continues from it"], err[-3000:]
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 1
+    assert [r["step"] for r in read_metrics(out)] == [1]
