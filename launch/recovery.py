@@ -45,6 +45,8 @@ class Outcome:
 
 
 def settle(refs: Sequence[ray.ObjectRef], timeout_s: float | None) -> list[Outcome]:
+    if not refs:
+        return []
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
     done = set(ready)
     out = []
