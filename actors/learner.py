@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from actors.placement import start_record
-from actors.weight_sync import Manifest, buffer_device, open_group, send_buckets
+from actors.weight_sync import Manifest, buffer_device, close_group, open_group, send_buckets
 from drgrpo.algorithm import policy_loss
 from drgrpo.backends import Policy, load_policy
 from drgrpo.batching import (
@@ -182,6 +182,7 @@ class LearnerActor:
     def init_weight_sync(self, host: str, port: int, world_size: int, backend: str,
                          timeout_s: float) -> None:
         if self.rank == 0:
+            close_group(self.sync_group)  # rebuilt after a generator restart
             self.sync_group = open_group(host, port, 0, world_size, backend, timeout_s)
             self.sync_device = buffer_device(backend, self.device)
             self.manifest = Manifest.from_dict(self.weight_manifest())

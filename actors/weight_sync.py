@@ -105,6 +105,21 @@ def open_group(host: str, port: int, rank: int, world_size: int, backend: str,
     raise ValueError(f"weight sync backend must be 'gloo' or 'nccl', got {backend!r}")
 
 
+def close_group(group: dist.ProcessGroup | None) -> None:
+    """Let go of a weight-sync group before a new one replaces it (a generator was restarted:
+    a torch.distributed group cannot take a new member, so every member opens a new one).
+    NCCL's communicators are aborted, not waited on: a member may be gone."""
+    if group is None:
+        return
+    for verb in ("abort", "shutdown"):
+        if hasattr(group, verb):
+            try:
+                getattr(group, verb)()
+            except Exception:  # a broken group may refuse; it is dropped either way
+                pass
+            return
+
+
 def buffer_device(backend: str, model_device: torch.device) -> torch.device:
     """Where bucket buffers live: GPU memory for NCCL, host memory for gloo. Colocated GPU
     runs use gloo too, because NCCL cannot place two ranks (learner 0 and the generator that
@@ -179,6 +194,7 @@ class WeightSyncExtension:
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
                          backend: str, manifest: dict, timeout_s: float) -> int:
         rank = rank_offset + self.rank
+        close_group(getattr(self, "_drgrpo_group", None))
         self._drgrpo_group = open_group(host, port, rank, world_size, backend, timeout_s)
         self._drgrpo_manifest = Manifest.from_dict(manifest)
         self._drgrpo_backend = backend

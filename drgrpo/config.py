@@ -118,7 +118,9 @@ class ClusterConfig(BaseModel):
     generator_cores: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="CPU only: the cores the generators' vLLM engines run on (e.g. [0]); with learner_cores, a CPU machine models a cluster's separate generator and learner GPUs. Empty = share every core.")
     learner_cores: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="CPU only: the cores the learners run on (e.g. [1]); empty = share every core.")
     placement_timeout_s: float = Field(600.0, gt=0, description="Stop, saying what is missing, when the Ray cluster cannot hold every actor within this many seconds.")
-    sync_timeout_s: float = Field(600.0, gt=0, description="Any weight-sync collective that takes longer than this fails (instead of NCCL's or gloo's own default).")
+    sync_timeout_s: float = Field(600.0, gt=0, description="Any weight-sync collective that takes longer than this fails (instead of NCCL's or gloo's own default); the driver also gives a whole sync this long (plus 30 s) before it takes a member that has not answered for dead, restarts it if it is a generator and redoes the sync.")
+    generate_timeout_s: float = Field(1800.0, gt=0, description="A generator that has not answered a generate call this many seconds after the driver started waiting for it is taken for hung: it is killed, restarted on its bundle, and the call's prompts are sampled again with the same seeds.")
+    max_actor_restarts: int = Field(3, ge=0, description="Restarts allowed per generator or reward worker (each counted in faults/*); one more failure of the same actor stops the run, naming it.")
 
     @model_validator(mode="after")
     def _default_gpu_share(self) -> ClusterConfig:

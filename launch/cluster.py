@@ -24,10 +24,16 @@ from actors.reward_pool import RewardPool
 from drgrpo.batching import Sample
 from drgrpo.config import Config
 from drgrpo.seeds import request_seeds
-from launch.failures import RunError, gather
+from launch import recovery
+from launch.failures import ActorFailure, RunError, gather
+from launch.recovery import FaultLog, settle
 
 CPU_SHARE = 0.25  # per actor on a CPU machine: 2 cores hold 2 generators, 2 learners, 2 graders
 NOTICE_AFTER_S = 10.0  # say what the run waits for when placing it takes longer than this
+# The driver's bound on a whole weight sync is cluster.sync_timeout_s plus this: a member's own
+# collective timeout (gloo) fires first and names the error; NCCL's does not fire at all when
+# a member never joins (measured on an H200), so the driver's bound is the one that holds.
+SYNC_MARGIN_S = 30.0
 
 
 def _free_port() -> int:
@@ -90,24 +96,65 @@ def create_generators(pg, n: int, model_path: str, *, dtype: str, device: str, g
                       gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
                       trust_remote_code: bool = False, version: int = 0,
                       cpu_cores: list[int] | None = None) -> list:
-    """Generator i on bundle i of `pg`, each engine seeded apart; `version` is the weight
-    update `model_path` holds."""
-    return [Generator.options(num_gpus=gpus, num_cpus=cpus, **_on(pg, i))
-            .remote(model_path, dtype, tp=tp, seed=seed + i, max_model_len=max_model_len,
-                    device=device, gpu_memory_utilization=gpu_memory_utilization,
-                    sleep_mode=sleep_mode, trust_remote_code=trust_remote_code, version=version,
-                    cpu_cores=cpu_cores)
+    """Generator i on bundle i of `pg`, each engine seeded apart (seed + i); `version` is the
+    weight update `model_path` holds."""
+    return [create_generator(pg, i, model_path, dtype=dtype, device=device, gpus=gpus, cpus=cpus,
+                             tp=tp, seed=seed, max_model_len=max_model_len,
+                             gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode,
+                             trust_remote_code=trust_remote_code, version=version,
+                             cpu_cores=cpu_cores)
             for i in range(n)]
+
+
+def create_generator(pg, i: int, model_path: str, *, dtype: str, gpus: float, cpus: float,
+                     seed: int, **kwargs):
+    """Generator i of `create_generators` alone: also how a failed one is replaced."""
+    return Generator.options(num_gpus=gpus, num_cpus=cpus, **_on(pg, i)).remote(
+        model_path, dtype, seed=seed + i, **kwargs)
+
+
+@dataclass
+class Part:
+    """One generator's share of a generate call: enough to ask for it again, the same way."""
+    index: int  # of the generator
+    prompts: list[str]
+    n: int
+    sampling: Sampling
+    seeds: list[int] | None
+    actor: object = None
+    ref: object = None
+
+    def send(self, actor) -> None:
+        self.actor, self.ref = actor, actor.generate.remote(self.prompts, self.n, self.sampling,
+                                                            self.seeds)
 
 
 @dataclass
 class PendingGeneration:
-    """Generate calls in flight, one per generator; `result()` waits for all of them."""
-    refs: list
-    names: list[str]
+    """Generate calls in flight, one per generator; `result()` waits for all of them. With a
+    `cluster` that recovers (`Cluster`), a part whose generator died, raised or did not answer
+    within `timeout_s` is sampled again, with its own seeds, by the generator that replaces
+    it; else the failure is an `ActorFailure` naming the generator."""
+    parts: list[Part]
+    cluster: object = None
+    timeout_s: float | None = None
 
     def result(self) -> Generated:
-        parts = gather(self.refs, self.names)
+        names = [f"generator {p.index}" for p in self.parts]
+        while True:
+            outcomes = settle([p.ref for p in self.parts], self.timeout_s)
+            lost = [(p, o) for p, o in zip(self.parts, outcomes) if o.failure]
+            if not lost:
+                break
+            for part, outcome in lost:
+                if not isinstance(self.cluster, Cluster):
+                    raise ActorFailure(names[self.parts.index(part)], outcome.reason)
+                reason = outcome.reason + (" (cluster.generate_timeout_s)"
+                                           if outcome.failure == "late" else "")
+                self.cluster.replace_generator(part.index, part.actor, reason,
+                                               f", {len(part.prompts)} prompts re-run")
+                part.send(self.cluster.generators[part.index])
+        parts = [o.value for o in outcomes]
         return Generated([group for part in parts for group in part.groups],
                          min(p.started for p in parts), max(p.finished for p in parts),
                          sum(p.wait_s for p in parts) / len(parts))
@@ -115,9 +162,15 @@ class PendingGeneration:
 
 class Cluster:
     def __init__(self, cfg: Config, device: str, model_path: str | None = None,
-                 max_model_len: int = 4096, weights_version: int = 0):
+                 max_model_len: int = 4096, weights_version: int = 0,
+                 faults: FaultLog | None = None):
         c = cfg.cluster
         self.cfg, self.device = cfg, device
+        # Restarts of generators and reward workers (launch/recovery.py); a run passes its own,
+        # so that counts outlive this cluster.
+        self.faults = faults or FaultLog(c.max_actor_restarts)
+        self.weights_version = weights_version  # the update the generators hold
+        self.sync_group_stale = False  # a generator was replaced since the group was built
         gpu = device == "cuda"
         if gpu:
             learner_bundle, gen_bundle = {"GPU": 1, "CPU": 1}, {"GPU": c.generator_tp, "CPU": 1}
@@ -135,13 +188,14 @@ class Cluster:
         learner_gpus, gen_gpus = (share, share * c.generator_tp) if gpu else (0, 0)
         cpus = 0 if gpu else CPU_SHARE * share
 
-        self.generators = create_generators(
-            self.generator_pg, c.num_generators, model_path or cfg.model.path,
-            dtype=cfg.model.rollout_dtype, device=device, gpus=gen_gpus, cpus=cpus, tp=c.generator_tp,
-            seed=cfg.trainer.seed, max_model_len=max_model_len,
-            gpu_memory_utilization=c.gpu_memory_utilization,
+        self._generator_args = dict(
+            model_path=model_path or cfg.model.path, dtype=cfg.model.rollout_dtype,
+            device=device, gpus=gen_gpus, cpus=cpus, tp=c.generator_tp, seed=cfg.trainer.seed,
+            max_model_len=max_model_len, gpu_memory_utilization=c.gpu_memory_utilization,
             sleep_mode=c.colocate and gpu, trust_remote_code=cfg.model.trust_remote_code,
-            version=weights_version, cpu_cores=c.generator_cores)
+            cpu_cores=c.generator_cores)
+        self.generators = create_generators(self.generator_pg, c.num_generators,
+                                            version=weights_version, **self._generator_args)
         names = [f"generator {i}" for i in range(c.num_generators)]
         info = {}
         if c.colocate:
@@ -149,27 +203,62 @@ class Cluster:
             # learners sharing those GPUs load their weights only after every engine is up.
             info.update(zip(names, gather([g.ready.remote() for g in self.generators], names)))
         self.learners = create_learners(cfg, device, self.learner_pg, learner_gpus, cpus)
-        self.rewards = RewardPool(c.num_reward_workers, c.reward_timeout_s, options={"num_cpus": 0})
+        self.rewards = RewardPool(c.num_reward_workers, c.reward_timeout_s, options={"num_cpus": 0},
+                                  faults=self.faults)
         pending = [(f"learner {r}", l) for r, l in enumerate(self.learners)]
         if not c.colocate:
             pending += list(zip(names, self.generators))
         info.update(zip([n for n, _ in pending],
                         gather([a.ready.remote() for _, a in pending], [n for n, _ in pending])))
         self.actors = info  # name -> {"node", "pid", "started", "ready"}: summary.json shows it
-        self._init_weight_sync()
+        self.sync_group_stale = True
+        self._open_sync_group()
+
+    def _open_sync_group(self) -> None:
+        """Every member opens a new weight-sync group (on a new port) when a generator was
+        replaced since the last one was built (again if one fails meanwhile)."""
+        while self.sync_group_stale:
+            self.sync_group_stale = False  # a restart in _init_weight_sync sets it again
+            self._init_weight_sync()
 
     def _init_weight_sync(self) -> None:
         tp = self.cfg.cluster.generator_tp
         world = 1 + len(self.generators) * tp
         addr, port = ray.get(_address_and_port.options(**_on(self.learner_pg, 0)).remote())
-        manifest = ray.get(self.learners[0].weight_manifest.remote())
+        manifest = gather([self.learners[0].weight_manifest.remote()], self.learner_names[:1])[0]
         timeout = self.cfg.cluster.sync_timeout_s
-        refs = [l.init_weight_sync.remote(addr, port, world, self._sync_backend, timeout)
-                for l in self.learners] + [
-            g.init_weight_sync.remote(addr, port, 1 + i * tp, world, self._sync_backend,
-                                      manifest, timeout)
-            for i, g in enumerate(self.generators)]
-        gather(refs, self._names())
+        self._on_every_member(
+            lambda l: l.init_weight_sync.remote(addr, port, world, self._sync_backend, timeout),
+            lambda i, g: g.init_weight_sync.remote(addr, port, 1 + i * tp, world,
+                                                   self._sync_backend, manifest, timeout))
+
+    def _on_every_member(self, learner_call, generator_call) -> list | None:
+        """A collective call on every learner and generator, waited for within
+        cluster.sync_timeout_s (and a margin): the answers, or None when generators failed and
+        were restarted (the caller redoes it). A failed learner is an `ActorFailure`."""
+        refs = [learner_call(l) for l in self.learners] + [
+            generator_call(i, g) for i, g in enumerate(self.generators)]
+        names = self._names()
+        outcomes = settle(refs, self.cfg.cluster.sync_timeout_s + SYNC_MARGIN_S)
+        restart = recovery.culprits(outcomes, names)
+        for k in restart:
+            i = k - len(self.learners)
+            reason = outcomes[k].reason + (" in a weight sync (cluster.sync_timeout_s)"
+                                           if outcomes[k].failure == "late" else "")
+            recovery.restart_generator(self, i, reason, ", weight sync redone",
+                                       send_weights=False)
+        return None if restart else [o.value for o in outcomes]
+
+    def new_generator(self, i: int):
+        """Generator i again, on its own bundle, holding the last weights sent."""
+        return create_generator(self.generator_pg, i, version=self.weights_version,
+                                **self._generator_args)
+
+    def replace_generator(self, i: int, actor, reason: str, then: str) -> None:
+        """Restart generator i, which `actor` was, unless it was already replaced (several
+        calls in flight on it fail together)."""
+        if self.generators[i] is actor:
+            recovery.restart_generator(self, i, reason, then)
 
     @property
     def learner_names(self) -> list[str]:
@@ -207,11 +296,13 @@ class Cluster:
         seeds = request_seeds(sampling.seed, len(prompts)) if sampling.seed is not None else None
         k = len(self.generators)
         size = -(-len(prompts) // k)
-        parts = [(i, slice(i * size, (i + 1) * size)) for i in range(k) if prompts[i * size:]]
-        refs = [self.generators[i].generate.remote(prompts[s], n, sampling,
-                                                   seeds[s] if seeds else None)
-                for i, s in parts]
-        return PendingGeneration(refs, [self.generator_names[i] for i, _ in parts])
+        parts = [Part(i, prompts[i * size:(i + 1) * size], n, sampling,
+                      seeds[i * size:(i + 1) * size] if seeds else None)
+                 for i in range(k) if prompts[i * size:]]
+        for part in parts:
+            part.send(self.generators[part.index])
+        timeout = getattr(self, "cfg", None) and self.cfg.cluster.generate_timeout_s
+        return PendingGeneration(parts, self, timeout or None)
 
     def score(self, responses: list[str], answers: list, template: str, truncated: list[bool]):
         return self.rewards.score(responses, answers, template, truncated)
@@ -247,9 +338,13 @@ class Cluster:
         sent and where the time went: on learner 0 gathering shards, packing buckets and
         broadcasting; on the slowest generator receiving, loading into vLLM (`reload_weights`
         and its re-processing of layers) and resetting the prefix cache."""
-        results = gather([l.send_weights.remote() for l in self.learners]
-                         + [g.receive_weights.remote(version) for g in self.generators],
-                         self._names())
+        while True:  # redone after a generator that failed in it is restarted
+            self._open_sync_group()
+            results = self._on_every_member(lambda l: l.send_weights.remote(),
+                                            lambda i, g: g.receive_weights.remote(version))
+            if results is not None:
+                break
+        self.weights_version = version
         sender, receivers = results[0], results[len(self.learners):]
         slowest = max(receivers, key=lambda r: r["seconds"])
         return {"bytes": sender["bytes"],

@@ -30,11 +30,14 @@ def train_with_restarts(cfg: Config, train_run: Callable[[Config, Run], dict]) -
     """`train_run(cfg, prepare(cfg))`, prepared and trained again from the latest checkpoint
     each time an actor fails once the run's actors are up, up to trainer.max_restarts times."""
     history = None  # every restart of the run: the resumed checkpoint's, then this driver's
+    faults = None  # actors recovered in place (launch/recovery.py), counted across restarts
     attempt, limit, restarts = cfg, cfg.trainer.max_restarts, 0
     while True:
         run = prepare(attempt)  # every check on user input, before any actor starts
         history = run.state.restarts if history is None else history
         run.state.restarts = history
+        faults = run.faults if faults is None else faults
+        run.faults, faults.step = faults, run.state.step + 1
         try:
             with run.loggers:  # closed on error too, so TensorBoard and W&B keep every logged step
                 return train_run(attempt, run)

@@ -28,6 +28,7 @@ from drgrpo.data import DataError, Problem, load_problems
 from drgrpo.templates import apply_template
 from launch.loggers import Loggers, LoggerStartError, missing_package
 from launch.pipeline import Rollout, rollouts_from_json, rollouts_to_json
+from launch.recovery import FaultLog
 
 CHECKPOINT = re.compile(r"^step_(\d{6,})$")
 
@@ -89,6 +90,12 @@ class Run:
     output_dir: Path
     loggers: Loggers
     actors: dict = field(default_factory=dict)  # name -> node, pid, start-up times
+    faults: FaultLog | None = None  # actors restarted (launch/recovery.py), for the whole run
+
+    def __post_init__(self):
+        if self.faults is None:
+            self.faults = FaultLog(self.cfg.cluster.max_actor_restarts)
+        self.faults.step = self.state.step + 1
 
     def saved_rollouts(self) -> list[Rollout]:
         """The rollouts a resumed checkpoint kept for the steps after it (see save_checkpoint)."""
@@ -146,6 +153,8 @@ class Run:
 
     def log_step(self, metrics: dict, progress) -> None:
         self.state.step = metrics["step"]
+        metrics.update(self.faults.metrics())  # restarts so far: faults/generator_restarts, ...
+        self.faults.step = self.state.step + 1
         self._note_eval(metrics)
         self.loggers.log(metrics)
         progress.update(1)
@@ -188,6 +197,8 @@ class Run:
             "final": last,
             "actors": self.actors,
             "restarts": self.state.restarts,
+            # Each actor restarted: the step it failed in, which, why, seconds to recover.
+            "faults": [asdict(e) for e in self.faults.events],
         }
         path = self.output_dir / "summary.json"
         path.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))

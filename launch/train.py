@@ -46,7 +46,7 @@ def _train(cfg: Config, run: Run) -> dict:
         ray.init(**run.ray_init_kwargs)
     device = cfg.cluster.resolve_device(ray.cluster_resources())
     cluster = Cluster(cfg, device, model_path=run.model_path, max_model_len=run.max_model_len,
-                      weights_version=run.state.step)
+                      weights_version=run.state.step, faults=run.faults)
     run.note_actors(cluster.actors)
     try:
         return _steps(cfg, run, cluster)

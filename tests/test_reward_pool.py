@@ -60,3 +60,28 @@ def test_bad_arguments(pool):
         pool.score(["\\boxed{1}"], [], "no", [False])
     with pytest.raises(ValueError):
         RewardPool(1, chunk_size=0)
+
+
+def test_dead_and_hung_workers_are_replaced_and_their_chunks_graded_again(ray_local):
+    """One worker's process killed (-9), the other's frozen (SIGSTOP, so it neither answers
+    nor dies): both are replaced, every chunk is graded, the verdicts are the same."""
+    import os
+    import signal
+
+    pool = RewardPool(2, timeout_s=1.0, wall_timeout_s=1.0, options={"num_cpus": 0},
+                      margin_s=20.0)
+    rows = [(f"so \\boxed{{{n}}}", str(n if n % 3 else n + 1)) for n in range(16)]
+    responses, answers = map(list, zip(*rows))
+    pids = [ray.get(w.__ray_call__.remote(lambda self: os.getpid())) for w in pool.workers]
+    os.kill(pids[0], signal.SIGKILL)
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        verdicts = pool.score(responses, answers, "qwen_math", [False] * 16)
+    finally:
+        for actor in pool.workers:
+            ray.kill(actor)
+    assert verdicts == [grade_response(r, a, "qwen_math", False) for r, a in rows]
+    reasons = {e.actor: e.reason for e in pool.faults.events}
+    assert reasons.keys() == {"reward worker 0", "reward worker 1"}, reasons
+    assert reasons["reward worker 0"].startswith("its process died"), reasons
+    assert reasons["reward worker 1"].startswith("no answer within 2"), reasons
