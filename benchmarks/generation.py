@@ -159,7 +159,7 @@ def measure(variant: str, dtype: str, rounds: int) -> dict:
 
 
 def run(quick: bool) -> dict:
-    rounds = 3 if quick else 10
+    rounds = 2 if quick else 10
     # A fresh process per variant and dtype: one model in memory at a time, and nothing (Ray,
     # threads, allocator state) carried from one measurement into the next.
     results = {dtype: {v: child(["-m", "benchmarks.generation", "--child", v, "--dtype", dtype,

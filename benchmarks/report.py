@@ -45,23 +45,30 @@ def target_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
 
 
 def table(data: dict, head: str) -> list[str]:
-    """One Markdown table per run of groups with the same names: a row per name, a column per
-    group (e.g. a column per dtype or per variant), so like figures sit side by side."""
+    """Markdown tables with a row per name and a column per group (e.g. per dtype or variant),
+    so like figures sit side by side; consecutive groups sharing most names share a table."""
     lines: list[str] = []
     found = groups(data)
     i = 0
     while i < len(found):
+        names = list(found[i][1])
         j = i + 1
-        while j < len(found) and found[j][1].keys() == found[i][1].keys():
+        while j < len(found) and _alike(names, found[j][1]):
+            names += [n for n in found[j][1] if n not in names]
             j += 1
         cols = found[i:j]
         lines += [f"| {head} | " + " | ".join(path or "value" for path, _ in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
-        lines += [f"| {name} | " + " | ".join(fmt(g[name]) for _, g in cols) + " |"
-                  for name in cols[0][1]]
+        lines += [f"| {name} | " + " | ".join(fmt(g[name]) if name in g else "-"
+                                              for _, g in cols) + " |" for name in names]
         lines.append("")
         i = j
     return lines
+
+
+def _alike(names: list[str], group: dict) -> bool:
+    shared = len(set(names) & group.keys())
+    return shared * 2 >= min(len(names), len(group))
 
 
 def performance_md(results: list[dict], quick: bool) -> str:

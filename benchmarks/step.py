@@ -51,13 +51,13 @@ def summary(steps: list[dict], phases: tuple[str, ...]) -> dict:
 
 
 def project_steps(quick: bool) -> int:
-    return 4 if quick else 11  # a warm-up step, then 3 (quick) or 10 timed ones
+    return 3 if quick else 11  # a warm-up step, then 2 (quick) or 10 timed ones
 
 
 def run(quick: bool) -> dict:
     steps = project_steps(quick)
     scales = (2,) if quick else (2, 4, 8)
-    figures, baseline, ratios, targets, settings = {}, {}, {}, {}, {}
+    figures, baseline, ratios, targets, settings, failures = {}, {}, {}, {}, {}, []
     for precision, sides in PRECISIONS.items():
         mine = project_run(PROMPTS, steps, sides["project"])
         theirs = trl_run(steps, sides["trl"])
@@ -74,7 +74,12 @@ def run(quick: bool) -> dict:
         settings[precision] = {"project": mine["settings"], "trl": theirs["settings"]}
         for scale in scales:
             # Fewer steps at the bigger sizes: a warm-up and 3 timed ones (quick: 2).
-            big = project_run(PROMPTS * scale, 3 if quick else 4, sides["project"])
+            try:
+                big = project_run(PROMPTS * scale, 3 if quick else 4, sides["project"])
+            except RuntimeError as err:  # the project failing at a size is a result too
+                failures.append(f"{precision} x{scale} ({PROMPTS * scale} prompts per step): "
+                                f"the project's run failed: {last_error(str(err))}")
+                continue
             s = summary(big["steps"], ("generate", "reward", "train", "weight_sync"))
             s["load_avg_before_after"] = [big["load_avg"]["before"][0],
                                           big["load_avg"]["after"][0]]
@@ -96,8 +101,15 @@ def run(quick: bool) -> dict:
             "the project skips responses whose advantage is 0 (their group all alike) in "
             "training, as it always does; TRL trains all 32",
             "load_avg_before_after: 1-minute load average when the run started and ended",
+            *failures,
         ],
     }
+
+
+def last_error(output: str) -> str:
+    """The line of a failed run's output that says what failed (its last error line)."""
+    lines = [line.strip() for line in output.splitlines() if "Error" in line or "error" in line]
+    return lines[-1] if lines else output.strip().splitlines()[-1]
 
 
 def main(argv: list[str] | None = None) -> int:

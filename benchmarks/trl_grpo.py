@@ -21,9 +21,11 @@ from benchmarks.common import child, demo_config, load_avg, work_dir
 
 def trl_run(steps: int, trl_args: dict) -> dict:
     """{"settings", "steps": [one record per optimizer step], "load_avg"} in a fresh process."""
-    spec = {"steps": steps, "trl_args": trl_args,
-            "folder": str(work_dir() / f"trl_s{steps}_{int(time.time())}")}
-    return child(["-m", "benchmarks.trl_grpo", "--child", json.dumps(spec)])
+    folder = work_dir() / f"trl_s{steps}_{int(time.time())}"
+    spec = {"steps": steps, "trl_args": trl_args, "folder": str(folder)}
+    result = child(["-m", "benchmarks.trl_grpo", "--child", json.dumps(spec)])
+    (folder / "bench.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def grpo_config(cfg, steps: int, folder: Path, trl_args: dict):
