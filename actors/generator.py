@@ -28,10 +28,23 @@ class Completion:
     response_ids: list[int]
     text: str
     finish_reason: str  # "stop" (EOS or stop string) or "length" (cut at max_new_tokens)
+    version: int = 0  # how many weight updates the sampling weights had received
+    # log mu(token) of each response token under the sampling distribution (after
+    # temperature), when asked for: the behaviour policy of importance sampling
+    logprobs: list[float] | None = None
 
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One generate call's answer: groups[i][j] is sample j of prompt i."""
+    groups: list[list[Completion]]
+    started: float  # wall-clock time the call started and finished on the generator
+    finished: float
+    wait_s: float  # how long the generator sat idle (or waiting for weights) before it
 
 
 @dataclass(frozen=True)
@@ -41,15 +54,24 @@ class Sampling:
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     seed: int | None = None  # the batch's seed; each prompt gets its own (drgrpo.seeds)
+    logprobs: bool = False  # return each sampled token's log-prob (Completion.logprobs)
 
 
 class GeneratorActor:
     def __init__(self, model_path: str, dtype: str, *, tp: int = 1, seed: int = 0,
                  max_model_len: int = 4096, device: str = "cpu",
                  gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, version: int = 0,
+                 cpu_cores: list[int] | None = None):
         self.started_at = time.time()
-        if device == "cpu":
+        if device == "cpu" and cpu_cores:
+            # The engine's own cores (one list per tensor-parallel rank), apart from the
+            # learners', as a cluster's generator GPUs are.
+            os.sched_setaffinity(0, cpu_cores)
+            per_rank = max(1, len(cpu_cores) // tp)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+                ",".join(map(str, cpu_cores[r * per_rank:(r + 1) * per_rank])) for r in range(tp))
+        elif device == "cpu":
             # Several engines and learners share a few cores: pinning each engine's OpenMP
             # threads to the same cores would serialise them.
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -73,20 +95,29 @@ class GeneratorActor:
                 enforce_eager=(device == "cpu"),
                 trust_remote_code=trust_remote_code,
                 worker_extension_cls="actors.weight_sync.WeightSyncExtension",
+                # Sampled tokens' log-probs after temperature: the distribution the tokens
+                # were really drawn from, which the learner's log-probs are compared with.
+                logprobs_mode="processed_logprobs",
                 **memory,
             )
         self.tokenizer = self.llm.get_tokenizer()
+        self.version = version  # the weight update `model_path` holds (a checkpoint's step)
+        self.idle_since, self.loading_s = time.time(), 0.0
         self.ready_at = time.time()
 
     def ready(self) -> dict:
         return start_record(self.started_at, self.ready_at)
 
     def generate(self, prompts: list[str], n: int, sampling: Sampling,
-                 seeds: list[int] | None = None) -> list[list[Completion]]:
-        """`n` responses for each prompt: result[i][j] is sample j of prompt i, drawn with
+                 seeds: list[int] | None = None) -> Generated:
+        """`n` responses for each prompt: groups[i][j] is sample j of prompt i, drawn with
         seed `seeds[i] + j` (vLLM's rule for n > 1), so it does not depend on which
         generator or batch the prompt lands in."""
         from vllm import SamplingParams
+
+        started = time.time()
+        # Idle since the last call, less the time spent loading new weights (work, not wait).
+        wait_s, self.loading_s = started - self.idle_since - self.loading_s, 0.0
 
         params = [SamplingParams(
             n=n,
@@ -97,14 +128,20 @@ class GeneratorActor:
             # The r1 template grades `</answer>`, so the stop string stays in the response.
             include_stop_str_in_output=True,
             seed=seed,
+            logprobs=0 if sampling.logprobs else None,
         ) for seed in (seeds if seeds is not None else [None] * len(prompts))]
         with explain_engine_errors():
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [
+        groups = [
             [Completion(list(out.prompt_token_ids), list(c.token_ids), c.text,
-                        c.finish_reason or "stop") for c in out.outputs]
+                        c.finish_reason or "stop", self.version,
+                        [d[t].logprob for d, t in zip(c.logprobs, c.token_ids)]
+                        if sampling.logprobs else None)
+             for c in out.outputs]
             for out in outputs
         ]
+        self.idle_since = time.time()
+        return Generated(groups, started, self.idle_since, max(wait_s, 0.0))
 
     def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         """log p(token_t | tokens_<t) under the engine's current weights, for t >= 1."""
@@ -122,10 +159,15 @@ class GeneratorActor:
             "init_weight_sync",
             args=(host, port, rank_offset, world_size, backend, manifest, timeout_s))
 
-    def receive_weights(self) -> dict:
+    def receive_weights(self, version: int) -> dict:
+        """Load the learners' weights after their `version`-th update."""
         stats = self.llm.collective_rpc("receive_weights")[0]
+        self.version = version
+        start = time.perf_counter()
         # Cached KV blocks were computed by the old weights.
         self.llm.reset_prefix_cache()
+        stats["cache_reset_s"] = time.perf_counter() - start
+        self.loading_s += stats["load_s"] + stats["cache_reset_s"]
         return stats
 
     # --- GPU colocation only: vLLM frees its GPU memory while the learners train -----------

@@ -7,6 +7,7 @@ rank's share of every optimizer step; rank 0 also streams weights to the generat
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import time
@@ -22,8 +23,9 @@ from drgrpo.algorithm import policy_loss
 from drgrpo.backends import Policy, load_policy
 from drgrpo.batching import (
     Sample,
-    chunks,
     collate,
+    micro_batches,
+    padded_positions,
     place_response_logprobs,
     response_logprobs,
 )
@@ -40,9 +42,12 @@ class LearnerActor:
             self.device = torch.device("cuda", 0)
         else:
             self.device = torch.device("cpu")
+            cores = cfg.cluster.learner_cores
+            if cores:  # the learners' own cores, apart from the generators' (CPU clusters)
+                os.sched_setaffinity(0, cores)
             # Ray sets one thread for a fractional-CPU actor; learners train while the
-            # generators idle, so they share the machine's cores between them.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+            # generators idle, so they share the machine's (or their own) cores between them.
+            torch.set_num_threads(max(1, (len(cores) or os.cpu_count() or 1) // world_size))
         # DeepSpeed reads these; torch.distributed gets them explicitly below.
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
@@ -53,7 +58,6 @@ class LearnerActor:
         torch.manual_seed(cfg.trainer.seed)
 
         self.backend = load_policy(cfg, self.device)
-        self.config_for_save = self.backend.hf_config
         self.reference = None
         if cfg.algorithm.kl_coef > 0:  # the paper's setting is 0: then no reference is loaded
             from transformers import AutoModelForCausalLM
@@ -81,7 +85,8 @@ class LearnerActor:
                   for step in steps]
         # Old log-probs come from the learner's own weights, not vLLM's (their numerics
         # differ). The first optimizer step runs on the unchanged weights, so its old
-        # log-probs are the current ones, detached; later steps' are computed now.
+        # log-probs are the current ones, detached; later steps' are computed now, packed
+        # together (without gradients, a pass need not stay within one optimizer step).
         epochs = cfg.algorithm.epochs_per_step
         later = [s for step in (active if epochs > 1 else active[1:]) for s in step]
         old = dict(zip(map(id, later), self._logprobs(later)))
@@ -89,30 +94,41 @@ class LearnerActor:
         ref = (dict(zip(map(id, everyone), self._logprobs(everyone, self.reference)))
                if self.reference is not None else None)
 
-        totals = {"loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0, "kl": 0.0}
+        totals = {"loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0, "kl": 0.0,
+                  "tis_weight": 0.0, "tis_clipped_tokens": 0.0,
+                  "padded_positions": 0, "positions": 0}
         grad_norms = []
         for epoch in range(epochs):
             for k, step in enumerate(active):
-                for mb in self._aligned_chunks(step):
-                    if mb is None:  # another rank has more to run: join its collectives
+                for indices in self._aligned_micro_batches(step):
+                    if indices is None:  # another rank has more to run: join its collectives
                         self.backend.backward(self._idle_forward(self.backend.module) * 0.0)
                         continue
+                    mb = [step[i] for i in indices]
+                    padded, positions = padded_positions(mb)  # for learner/padding_fraction
+                    totals["padded_positions"] += padded
+                    totals["positions"] += positions
                     batch = collate(mb).to(self.device)
                     logprobs = self.backend.module(batch.input_ids, batch.attention_mask)
                     old_lp = (logprobs.detach() if epoch == 0 and k == 0 else
                               place_response_logprobs([old[id(s)] for s in mb], batch))
                     ref_lp = (place_response_logprobs([ref[id(s)] for s in mb], batch)
                               if ref is not None else None)
+                    mu_lp = (place_response_logprobs(
+                        [torch.tensor(s.behaviour_logprobs) for s in mb], batch)
+                        if cfg.algorithm.tis_cap > 0 else None)
                     loss, stats = policy_loss(
                         logprobs, old_lp, batch.advantages, batch.response_mask,
                         cfg.algorithm.method, cfg.algorithm.clip_eps, cfg.rollout.max_new_tokens,
                         num_responses=cfg.learner.train_batch_size,
-                        ref_logprobs=ref_lp, kl_coef=cfg.algorithm.kl_coef)
+                        ref_logprobs=ref_lp, kl_coef=cfg.algorithm.kl_coef,
+                        behaviour_logprobs=mu_lp, tis_cap=cfg.algorithm.tis_cap)
                     # FSDP and ZeRO average gradients over ranks; the loss is already a share
                     # of the global sum, so scale it back (drgrpo.algorithm.policy_loss).
                     self.backend.backward(loss * self.world_size)
                     totals["loss"] += loss.item()
-                    for key in ("clipped_tokens", "tokens", "kl"):
+                    for key in ("clipped_tokens", "tokens", "kl", "tis_weight",
+                                "tis_clipped_tokens"):
                         totals[key] += stats[key].item()
                 grad_norms.append(self.backend.step())
         totals["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
@@ -121,11 +137,14 @@ class LearnerActor:
         totals["seconds"] = time.perf_counter() - start
         return totals
 
-    def _aligned_chunks(self, samples: list[Sample]) -> list[list[Sample] | None]:
-        """Micro-batches of `samples`, padded with None to the largest count on any rank (at
-        least one), so every rank runs the same number of forward/backward collectives and
-        every optimizer step sees a gradient, zero if nothing was active."""
-        mbs = chunks(samples, self.cfg.learner.micro_batch_size)
+    def _aligned_micro_batches(self, samples: list[Sample]) -> list[list[int] | None]:
+        """Indices of `samples` per micro-batch (drgrpo.batching.micro_batches), padded with
+        None to the largest count on any rank (at least one): counts differ between ranks
+        under a token budget, or when zero-advantage responses are skipped, and every rank
+        must run the same number of forward/backward collectives; every optimizer step then
+        sees a gradient, zero if nothing was active."""
+        learner = self.cfg.learner
+        mbs = micro_batches(samples, learner.micro_batch_size, learner.max_tokens_per_micro_batch)
         count = torch.tensor([max(len(mbs), 1)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return mbs + [None] * (int(count.item()) - len(mbs))
@@ -138,13 +157,16 @@ class LearnerActor:
     def _logprobs(self, samples: list[Sample], model=None) -> list[torch.Tensor]:
         """Response-token log-probs of each sample, in order (collective under FSDP/ZeRO-3)."""
         model = model if model is not None else self.backend.module
-        values = []
-        for mb in self._aligned_chunks(samples):
-            if mb is None:
+        values: list = [None] * len(samples)
+        for indices in self._aligned_micro_batches(samples):
+            if indices is None:
                 self._idle_forward(model)
                 continue
-            batch = collate(mb).to(self.device)
-            values += response_logprobs(model(batch.input_ids, batch.attention_mask), batch)
+            batch = collate([samples[i] for i in indices]).to(self.device)
+            # A token budget packs by length: put each row back at its sample's place.
+            rows = response_logprobs(model(batch.input_ids, batch.attention_mask), batch)
+            for i, row in zip(indices, rows):
+                values[i] = row
         return values
 
     def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
@@ -155,7 +177,7 @@ class LearnerActor:
     # --- weight sync, rank 0 -> generators ---------------------------------------------------
 
     def weight_manifest(self) -> dict:
-        return Manifest.plan(self.backend.param_shapes(), self.cfg.model.dtype).to_dict()
+        return Manifest.plan(self.backend.param_shapes(), self.cfg.model.rollout_dtype).to_dict()
 
     def init_weight_sync(self, host: str, port: int, world_size: int, backend: str,
                          timeout_s: float) -> None:
@@ -168,13 +190,13 @@ class LearnerActor:
         """Collective over learners (gathering shards); rank 0 broadcasts to generators."""
         start = time.perf_counter()
         if self.rank == 0:
-            sent = send_buckets(self.sync_group, self.manifest, self.backend.full_parameters(),
-                                self.sync_device)
+            stats = send_buckets(self.sync_group, self.manifest, self.backend.full_parameters(),
+                                 self.sync_device)
         else:
             for _ in self.backend.full_parameters():
                 pass
-            sent = 0
-        return {"seconds": time.perf_counter() - start, "bytes": sent}
+            stats = {"bytes": 0}
+        return {"seconds": time.perf_counter() - start, **stats}
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -193,15 +215,25 @@ class LearnerActor:
         folder_path = Path(folder)
         state = self.full_state()
         if self.rank == 0:
-            from transformers import AutoModelForCausalLM
-
-            with torch.device("meta"):
-                shell = AutoModelForCausalLM.from_config(self.config_for_save)
-            shell.save_pretrained(folder_path / "model", state_dict=state,
-                                  safe_serialization=True)
+            self._save_model(folder_path / "model", state)
         dist.barrier()
         self.backend.save_optimizer(folder_path / "optimizer")
         dist.barrier()
+
+    def _save_model(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
+        """The model as a user loads it, not as the learner trains it: its config says the
+        dtype of the saved tensors (transformers loads in that dtype by default) and
+        `use_cache` true (the learner trains without a KV cache; whoever loads this
+        generates), with the base model's generation config (its stop tokens, for vLLM)."""
+        from transformers import AutoModelForCausalLM
+
+        config = copy.deepcopy(self.backend.hf_config)  # from_config and saving write into it
+        config.use_cache = True
+        with torch.device("meta"):
+            shell = AutoModelForCausalLM.from_config(config,
+                                                     dtype=getattr(torch, self.cfg.model.dtype))
+        shell.generation_config = copy.deepcopy(self.backend.generation_config)
+        shell.save_pretrained(folder, state_dict=state, safe_serialization=True)
 
     def load_optimizer(self, folder: str) -> None:
         self.backend.load_optimizer(Path(folder) / "optimizer")

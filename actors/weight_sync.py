@@ -119,38 +119,49 @@ def _broadcast(group: dist.ProcessGroup, buffer: torch.Tensor) -> None:
 
 
 def send_buckets(group: dist.ProcessGroup, manifest: Manifest,
-                 tensors: Iterable[tuple[str, torch.Tensor]], device: torch.device) -> int:
+                 tensors: Iterable[tuple[str, torch.Tensor]], device: torch.device) -> dict:
     """Rank 0: pack the full tensors (in manifest order) into buckets and broadcast each.
 
     `tensors` may be a generator that gathers each parameter just in time (FSDP/ZeRO-3), so at
-    most one bucket of the model is held in full at once. Returns the bytes sent.
+    most one bucket of the model is held in full at once. Returns the bytes sent and the
+    seconds spent gathering (waiting on `tensors`), packing and broadcasting.
     """
     it = iter(tensors)
-    sent = 0
+    stats = {"bytes": 0, "gather_s": 0.0, "pack_s": 0.0, "broadcast_s": 0.0}
     for bucket in manifest.buckets:
         numel = sum(manifest.specs[i].numel for i in bucket)
         flat = torch.empty(numel, dtype=manifest.torch_dtype, device=device)
         offset = 0
         for i in bucket:
             spec = manifest.specs[i]
+            t0 = time.perf_counter()
             name, tensor = next(it)
+            t1 = time.perf_counter()
             if name != spec.name or tuple(tensor.shape) != spec.shape:
                 raise RuntimeError(f"weight sync: expected {spec.name}{list(spec.shape)}, "
                                    f"got {name}{list(tensor.shape)}")
             flat[offset:offset + spec.numel].copy_(tensor.reshape(-1))
             offset += spec.numel
+            stats["gather_s"] += t1 - t0
+            stats["pack_s"] += time.perf_counter() - t1
+        t0 = time.perf_counter()
         _broadcast(group, flat)
-        sent += flat.numel() * flat.element_size()
-    return sent
+        stats["broadcast_s"] += time.perf_counter() - t0
+        stats["bytes"] += flat.numel() * flat.element_size()
+    return stats
 
 
-def receive_buckets(group: dist.ProcessGroup, manifest: Manifest,
-                    device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    """Ranks >0: receive each bucket and yield its tensors, lazily, as views of the bucket."""
+def receive_buckets(group: dist.ProcessGroup, manifest: Manifest, device: torch.device,
+                    stats: dict | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Ranks >0: receive each bucket and yield its tensors, lazily, as views of the bucket;
+    the seconds spent waiting in broadcasts go to stats["broadcast_s"]."""
     for bucket in manifest.buckets:
         numel = sum(manifest.specs[i].numel for i in bucket)
         flat = torch.empty(numel, dtype=manifest.torch_dtype, device=device)
+        t0 = time.perf_counter()
         _broadcast(group, flat)
+        if stats is not None:
+            stats["broadcast_s"] = stats.get("broadcast_s", 0.0) + time.perf_counter() - t0
         offset = 0
         for i in bucket:
             spec = manifest.specs[i]
@@ -178,9 +189,33 @@ class WeightSyncExtension:
         start = time.perf_counter()
         device = buffer_device(self._drgrpo_backend,
                                next(self.model_runner.get_model().parameters()).device)
-        weights = receive_buckets(self._drgrpo_group, self._drgrpo_manifest, device)
+        stats = {"broadcast_s": 0.0}
+        weights = receive_buckets(self._drgrpo_group, self._drgrpo_manifest, device, stats)
         # On the CPU backend `model.load_weights` fails for repacked linear layers;
         # `reload_weights` restores the checkpoint layout, loads, then re-processes.
         self.reload_weights(weights_iterator=weights)
-        return {"seconds": time.perf_counter() - start,
-                "bytes": self._drgrpo_manifest.total_bytes}
+        refresh_tied_layers(self.model_runner.get_model())
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "bytes": self._drgrpo_manifest.total_bytes,
+                "broadcast_s": stats["broadcast_s"], "load_s": seconds - stats["broadcast_s"]}
+
+
+def refresh_tied_layers(model: torch.nn.Module) -> None:
+    """Re-process the layers that share one weight (tied embeddings: `embed_tokens` and
+    `lm_head`) after a reload.
+
+    vLLM reloads a tied weight once, through `embed_tokens`, and never re-processes `lm_head`;
+    on the CPU backend `lm_head` computes logits from a packed copy of its weight made when it
+    was processed, so without this the generator keeps sampling from the output layer it
+    started with, whatever the learners send. Only unquantized layers are redone: their
+    processing just rebuilds that copy from the weight (and does nothing on GPUs)."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    sharing: dict[int, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
+            sharing.setdefault(id(module.weight), []).append(module)
+    for modules in sharing.values():
+        if len(modules) > 1:
+            for module in modules:
+                module.quant_method.process_weights_after_loading(module)

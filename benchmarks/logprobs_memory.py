@@ -25,10 +25,17 @@ QUICK = {"batch": 1, "seq": 1536, "hidden": 64}
 TARGET = 0.25  # issue 10: chunked peak <= 0.25 x naive
 
 
-def measure(variant: str, batch: int, seq: int, hidden: int, device: str) -> dict:
-    import torch
-
+def logprobs(variant: str, lm, ids, chunk_size: int):
     from drgrpo.algorithm import naive_token_logprobs, token_logprobs
+
+    if variant == "chunked":
+        return token_logprobs(lm, ids, chunk_size=chunk_size)
+    return naive_token_logprobs(lm.lm_head(lm.model(ids).last_hidden_state), ids)
+
+
+def measure(variant: str, batch: int, seq: int, hidden: int, device: str,
+            chunk_size: int = 1024) -> dict:
+    import torch
 
     torch.manual_seed(0)
 
@@ -48,19 +55,16 @@ def measure(variant: str, batch: int, seq: int, hidden: int, device: str) -> dic
 
     lm = LM().to(device)
     ids = torch.randint(0, VOCAB, (batch, seq), device=device)
-    if device == "cuda":
+    if device == "cuda":  # one untimed pass first: CUDA's lazy set-up is not the variant's cost
+        logprobs(variant, lm, ids, chunk_size).sum().backward()
+        lm.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.max_memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
-    if variant == "chunked":
-        out = token_logprobs(lm, ids, chunk_size=1024)
-    else:
-        h = lm.model(ids).last_hidden_state
-        out = naive_token_logprobs(lm.lm_head(h), ids)
-    out.sum().backward()
+    logprobs(variant, lm, ids, chunk_size).sum().backward()
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
@@ -70,12 +74,14 @@ def measure(variant: str, batch: int, seq: int, hidden: int, device: str) -> dic
             "seconds": time.perf_counter() - start}
 
 
-def compare(batch: int, seq: int, hidden: int, device: str = "cpu") -> dict:
+def compare(batch: int, seq: int, hidden: int, device: str = "cpu",
+            chunk_size: int = 1024) -> dict:
     """Both variants, each in a fresh process: {variant: {"peak_extra_gb", "seconds"}}."""
     results = {}
     for variant in ("naive", "chunked"):
         proc = subprocess.run([sys.executable, __file__, "--variant", variant, f"--batch={batch}",
-                               f"--seq={seq}", f"--hidden={hidden}", f"--device={device}"],
+                               f"--seq={seq}", f"--hidden={hidden}", f"--device={device}",
+                               f"--chunk-size={chunk_size}"],
                               capture_output=True, text=True, check=True)
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
     return results
@@ -113,16 +119,18 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=FULL["seq"])
     parser.add_argument("--hidden", type=int, default=FULL["hidden"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(measure(args.variant, args.batch, args.seq, args.hidden, args.device)))
+        print(json.dumps(measure(args.variant, args.batch, args.seq, args.hidden, args.device,
+                                 args.chunk_size)))
         return
 
     full = args.batch * (args.seq - 1) * VOCAB * 4 / 2**30
     print(f"batch {args.batch} x seq {args.seq} x vocab {VOCAB}: one float32 copy of the "
           f"logits is {full:.2f} GiB")
-    results = compare(args.batch, args.seq, args.hidden, args.device)
+    results = compare(args.batch, args.seq, args.hidden, args.device, args.chunk_size)
     for variant, r in results.items():
         print(f"{variant:>8}: peak +{r['peak_extra_gb']:.2f} GiB, {r['seconds']:.2f} s "
               "(forward + backward)")

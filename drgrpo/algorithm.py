@@ -62,6 +62,8 @@ def policy_loss(
     num_responses: int | None = None,
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    behaviour_logprobs: torch.Tensor | None = None,
+    tis_cap: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip surrogate over response tokens, normalised the Dr. GRPO or the GRPO way.
 
@@ -81,8 +83,17 @@ def policy_loss(
     average gradients over data-parallel ranks (FSDP, ZeRO) need this loss multiplied by the
     world size; the learners do that, not this function.
 
+    Off-policy correction (`tis_cap` > 0): the responses were sampled by a behaviour policy mu
+    (vLLM: other numerics, and with an asynchronous pipeline older weights), not by the
+    proximal policy pi_old (`old_logprobs`, the learner's own) whose ratio PPO clips. Each
+    token's surrogate term is multiplied by the truncated importance weight
+    min(pi_old / mu, tis_cap), detached (truncated importance sampling, as verl's rollout IS
+    and AReaL's decoupled PPO). The normalisation is untouched: the weight multiplies token
+    terms, the divisors stay what they are.
+
     Returns `(loss, stats)`; stats are detached sums over this batch (`clipped_tokens`,
-    `tokens`, `kl`), to be added across shards and divided at the end.
+    `tokens`, `kl`, `tis_weight`, `tis_clipped_tokens`), to be added across shards and
+    divided at the end.
     """
     _check_method(method)
     mask = mask.to(logprobs.dtype)
@@ -92,6 +103,16 @@ def policy_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     token_loss = -torch.minimum(unclipped, clipped)
+
+    tis_weight = torch.ones_like(token_loss)
+    tis_clipped = torch.zeros_like(token_loss)
+    if tis_cap > 0.0:
+        if behaviour_logprobs is None:
+            raise ValueError("tis_cap > 0 needs behaviour_logprobs")
+        raw = torch.exp(old_logprobs - behaviour_logprobs).detach()
+        tis_weight = raw.clamp(max=tis_cap)
+        tis_clipped = (raw > tis_cap).to(mask.dtype)
+        token_loss = token_loss * tis_weight
 
     kl_sum = torch.zeros((), device=logprobs.device)
     if kl_coef > 0.0:
@@ -120,6 +141,8 @@ def policy_loss(
             "clipped_tokens": was_clipped.sum(),
             "tokens": mask.sum(),
             "kl": kl_sum,
+            "tis_weight": (tis_weight * mask).sum(),
+            "tis_clipped_tokens": (tis_clipped * mask).sum(),
         }
     return loss, stats
 

@@ -99,7 +99,8 @@ class FSDPBackend:
     def __init__(self, policy: Policy, cfg: Config, device: torch.device):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        self.hf_config = policy.lm.config  # written next to checkpoints
+        # Written next to checkpoints (actors.learner.LearnerActor.save).
+        self.hf_config, self.generation_config = policy.lm.config, policy.lm.generation_config
         compute = getattr(torch, cfg.model.dtype)
         mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
         policy.to(device)
@@ -153,7 +154,8 @@ class DeepSpeedBackend:
         import deepspeed
 
         self.stage = cfg.learner.zero_stage
-        self.hf_config = policy.lm.config  # written next to checkpoints
+        # Written next to checkpoints (actors.learner.LearnerActor.save).
+        self.hf_config, self.generation_config = policy.lm.config, policy.lm.generation_config
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: we feed our own batches
             "gradient_accumulation_steps": 1,

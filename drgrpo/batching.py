@@ -1,10 +1,15 @@
-"""From scored groups to learner batches: shuffling, optimizer steps, shards, padding.
+"""From scored groups to learner batches: shuffling, optimizer steps, shards, micro-batches.
 
 The split is independent of the number of learners: the rollout is permuted once (seeded),
 cut into optimizer steps of `train_batch_size` responses, and only then is each step cut into
 equal contiguous shards, one per learner. One learner or eight see the same optimizer steps,
 which is what makes "1 learner == 2 learners" testable. Advantages are computed on whole groups
 before any of this, so splitting a group across steps or learners is harmless.
+
+Each learner then cuts its share of a step into micro-batches (`micro_batches`): a fixed count
+of responses, or as many as fit a token budget once sorted by length. The loss divides by the
+responses of the whole optimizer step (`drgrpo.algorithm.policy_loss`), so how a share is cut
+changes the cost of a step, never its gradient.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ class Sample:
     prompt_ids: list[int]
     response_ids: list[int]
     advantage: float
+    # log mu of each response token under the policy that sampled it (vLLM), for truncated
+    # importance sampling (algorithm.tis_cap); None when not asked for
+    behaviour_logprobs: list[float] | None = None
 
 
 def plan_steps(samples: list[Sample], train_batch_size: int, num_learners: int,
@@ -80,3 +88,46 @@ def place_response_logprobs(per_sample: list[torch.Tensor], batch: Batch) -> tor
 
 def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def sequence_length(sample: Sample) -> int:
+    """Positions the sample fills in a right-padded batch (`collate`): prompt + response."""
+    return len(sample.prompt_ids) + len(sample.response_ids)
+
+
+def pack_by_tokens(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices of micro-batches whose padded size, rows x longest row, is at most `max_tokens`.
+
+    Longest first, then greedily: a micro-batch takes the next-longest sequence while the
+    padded size still fits. Sorting puts similar lengths together, so padding is only the gap
+    between neighbours in length order; longest first makes the biggest pass the first one, so
+    a budget that does not fit in memory fails at once, not after minutes of training. A
+    sequence longer than the budget gets a micro-batch of its own.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep order
+    packed: list[list[int]] = []
+    for i in order:
+        # The current micro-batch's first row is its longest, so its width is fixed.
+        if packed and (len(packed[-1]) + 1) * lengths[packed[-1][0]] <= max_tokens:
+            packed[-1].append(i)
+        else:
+            packed.append([i])
+    return packed
+
+
+def micro_batches(samples: list[Sample], micro_batch_size: int,
+                  max_tokens: int | None = None) -> list[list[int]]:
+    """Indices of `samples` per micro-batch: packed by length under `max_tokens` when it is
+    set, else `micro_batch_size` at a time in the given order."""
+    if max_tokens is not None:
+        return pack_by_tokens([sequence_length(s) for s in samples], max_tokens)
+    return chunks(list(range(len(samples))), micro_batch_size)
+
+
+def padded_positions(samples: list[Sample]) -> tuple[int, int]:
+    """(padding positions, all positions) of `collate(samples)`: what a pass pays for nothing."""
+    lengths = [sequence_length(s) for s in samples]
+    total = len(lengths) * max(lengths, default=0)
+    return total - sum(lengths), total

@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from drgrpo.rewards import DEFAULT_TIMEOUT_S
+
 # coerce_numbers_to_str: `path: 2024` in YAML means the string, not a type error.
 _STRICT = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 _Beta = Annotated[float, Field(ge=0, lt=1)]
@@ -43,7 +45,12 @@ _Path = Annotated[str, Field(min_length=1), AfterValidator(os.path.expanduser)]
 class ModelConfig(BaseModel):
     model_config = _STRICT
     path: _Path = Field(description="Base model: a local Hugging Face folder or a hub name such as Qwen/Qwen2.5-Math-7B.")
-    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Parameter dtype for generation and training.")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="The learners' compute dtype (their master weights and optimizer stay float32) and the dtype of saved checkpoints.")
+    generation_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(None, description="vLLM's dtype for rollouts and evaluation, and the dtype weights travel in to the generators; null = model.dtype.")
+
+    @property
+    def rollout_dtype(self) -> str:
+        return self.generation_dtype or self.dtype
     trust_remote_code: bool = Field(False, description="Let transformers/vLLM run model code shipped with the checkpoint (not needed for Qwen2.5).")
 
 
@@ -70,6 +77,7 @@ class RolloutConfig(BaseModel):
     temperature: float = Field(1.0, ge=0, description="Sampling temperature for training rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus-sampling threshold for training rollouts; 1.0 = off.")
     max_new_tokens: PositiveInt = Field(3000, description="Most tokens generated per training response; longer ones are cut off.")
+    max_staleness: int = Field(0, ge=0, description="0 = synchronous: each rollout is sampled by the latest weights. k > 0: the generators sample up to k rollouts ahead while the learners train, so a trained response comes from weights at most k updates old (see algorithm.tis_cap).")
 
 
 class AlgorithmConfig(BaseModel):
@@ -78,6 +86,7 @@ class AlgorithmConfig(BaseModel):
     clip_eps: float = Field(0.2, ge=0, lt=1, description="PPO clip range: the importance ratio is clipped to [1 - clip_eps, 1 + clip_eps].")
     kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty towards the initial model; 0 = no KL term (the paper's setting).")
     epochs_per_step: PositiveInt = Field(1, description="Passes over each rollout before the next one is generated.")
+    tis_cap: float = Field(0.0, ge=0, description="Truncated importance sampling: each token's term is weighted by min(pi_old/mu, tis_cap), mu being the policy vLLM sampled it from (older weights when rollout.max_staleness > 0, other numerics always); 0 = off.")
 
 
 class LearnerConfig(BaseModel):
@@ -85,7 +94,8 @@ class LearnerConfig(BaseModel):
     strategy: Literal["fsdp", "deepspeed"] = Field("fsdp", description="Distributed training backend.")
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate, constant (no warm-up or decay).")
     train_batch_size: PositiveInt = Field(128, description="Responses per optimizer step over all learners; it must divide the rollout size.")
-    micro_batch_size: PositiveInt = Field(8, description="Responses per forward/backward pass on one learner; gradients accumulate to its share of a step.")
+    micro_batch_size: PositiveInt = Field(8, description="Responses per forward/backward pass on one learner, in rollout order; gradients accumulate to its share of a step. Unused when max_tokens_per_micro_batch is set.")
+    max_tokens_per_micro_batch: PositiveInt | None = Field(None, description="Cut each learner's share of a step by tokens instead: sorted by length, longest first, each pass takes responses while rows x longest row (prompt + response, padding included) stays within this; a longer one runs alone. null = micro_batch_size responses per pass.")
     grad_clip: float = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
     adam_betas: tuple[_Beta, _Beta] = Field((0.9, 0.95), description="AdamW (beta1, beta2).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
@@ -99,11 +109,14 @@ class ClusterConfig(BaseModel):
     generator_tp: PositiveInt = Field(1, description="Tensor-parallel GPUs per vLLM engine.")
     num_learners: PositiveInt = Field(1, description="Training processes (one GPU each on cuda).")
     num_reward_workers: PositiveInt = Field(2, description="CPU processes that grade responses.")
+    reward_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="Hard limit for grading one answer, in CPU seconds of its grading process (and 6x that in wall-clock seconds); an answer that reaches it scores 0 and is counted in reward/timeouts. Why 5 s: drgrpo/rewards.py.")
     colocate: bool = Field(False, description="Generator i shares learner i's GPU and sleeps while the learners train (the paper's setup); on CPUs it only shares the bundle.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of each GPU's memory vLLM may use; null = 0.35 when colocated (the paper's value), else 0.9.")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when the Ray cluster has GPUs (any node's, not the driver's), else cpu.")
     learner_labels: dict[str, str] = Field(default_factory=dict, description="Ray node labels the learners' nodes must carry (`ray start --labels`), e.g. {pool: train}; empty = any node.")
     generator_labels: dict[str, str] = Field(default_factory=dict, description="Ray node labels the generators' nodes must carry; empty = any node.")
+    generator_cores: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="CPU only: the cores the generators' vLLM engines run on (e.g. [0]); with learner_cores, a CPU machine models a cluster's separate generator and learner GPUs. Empty = share every core.")
+    learner_cores: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="CPU only: the cores the learners run on (e.g. [1]); empty = share every core.")
     placement_timeout_s: float = Field(600.0, gt=0, description="Stop, saying what is missing, when the Ray cluster cannot hold every actor within this many seconds.")
     sync_timeout_s: float = Field(600.0, gt=0, description="Any weight-sync collective that takes longer than this fails (instead of NCCL's or gloo's own default).")
 
@@ -159,10 +172,12 @@ CROSS_FIELD_RULES = (
     "learner.train_batch_size divides rollout.prompts_per_step x rollout.samples_per_prompt: whole optimizer steps.",
     "learner.train_batch_size is divisible by cluster.num_learners: every learner gets an equal share of a step.",
     "cluster.colocate needs cluster.num_generators == cluster.num_learners and cluster.generator_tp 1: generator i shares learner i's GPU.",
+    "rollout.max_staleness > 0 needs cluster.colocate false: colocated generators sleep while the learners train.",
 )
 _CROSS_FIELD_PATHS = (
     "rollout.prompts_per_step", "rollout.samples_per_prompt", "learner.train_batch_size",
     "cluster.num_learners", "cluster.colocate", "cluster.num_generators", "cluster.generator_tp",
+    "rollout.max_staleness",
 )
 
 
@@ -193,6 +208,9 @@ def _cross_field_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
             why = (f"generator i shares learner i's GPU, so it needs cluster.num_generators == "
                    f"cluster.num_learners and cluster.generator_tp 1 (got {g}, {n}, {tp})")
             out.append(("cluster.colocate", why))
+    if have("rollout.max_staleness", "cluster.colocate") and v["rollout.max_staleness"] and v["cluster.colocate"]:
+        why = "colocated generators sleep while the learners train, so nothing can overlap: set cluster.colocate false"
+        out.append(("rollout.max_staleness", why))
     return out
 
 

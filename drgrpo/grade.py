@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from drgrpo.rewards import Grader
+from drgrpo.rewards import DEFAULT_TIMEOUT_S, Grader
 from drgrpo.templates import TEMPLATES
 
 
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("file", help="JSON Lines input, or - for standard input")
     parser.add_argument("--template", required=True, choices=TEMPLATES)
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per answer (hard)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="CPU seconds per answer (hard; 6x that of wall time)")
     parser.add_argument("--workers", type=int, default=1, help="grading processes")
     args = parser.parse_args(argv)
     if args.timeout <= 0 or args.workers < 1:

@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"dr_grpo": "#1f77b4", "grpo": "#d62728"}
@@ -73,6 +74,46 @@ def plot_comparison(runs: dict[str, str | Path], out: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+# Which lane of the timeline each phase of a step runs on, and its colour.
+LANES = {"generate": ("generators", "#1f77b4"), "reward": ("graders", "#ff7f0e"),
+         "train": ("learners", "#2ca02c"), "weight_sync": ("learners", "#9467bd")}
+
+
+def plot_timeline(run_dir: str | Path, out: str | Path | None = None,
+                  steps: tuple[int, int] | None = None) -> Path:
+    """Each step's phases as bars on the run's clock, one lane per role: the gaps in a lane
+    are that role waiting for another (generators for the learners and back), and bars of
+    different lanes that overlap in time are the pipeline's overlap."""
+    records = [r for r in read_metrics(run_dir) if "timeline" in r
+               and (steps is None or steps[0] <= r["step"] <= steps[1])]
+    if not records:
+        raise ValueError(f"{Path(run_dir) / 'metrics.jsonl'}: no step has a timeline")
+    lanes = list(dict.fromkeys(lane for lane, _ in LANES.values()))
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.6 * len(lanes)), constrained_layout=True)
+    origin = min(start for r in records for start, _ in r["timeline"].values())
+    for r in records:
+        for phase, (start, end) in r["timeline"].items():
+            lane, color = LANES.get(phase, (phase, "#7f7f7f"))
+            if lane not in lanes:
+                lanes.append(lane)
+            ax.broken_barh([(start - origin, end - start)], (lanes.index(lane) - 0.35, 0.7),
+                           facecolors=color, edgecolors="white", linewidth=0.5)
+        first = min(start for start, _ in r["timeline"].values())
+        ax.annotate(str(r["step"]), (first - origin, len(lanes) - 0.45), fontsize=7,
+                    color="#555555")
+    ax.set_yticks(range(len(lanes)), lanes)
+    ax.set_ylim(-0.6, len(lanes) - 0.2)
+    ax.invert_yaxis()
+    ax.set(xlabel="seconds since the first step shown", title="Where each step's time goes")
+    ax.legend(handles=[matplotlib.patches.Patch(color=c, label=p) for p, (_, c) in LANES.items()],
+              loc="upper right", ncol=len(LANES), fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    out = Path(out) if out else Path(run_dir) / "timeline.png"
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

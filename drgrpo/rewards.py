@@ -26,14 +26,17 @@ LaTeX extraction is used, whose ANTLR grammar builds sympy objects node by node 
 `sympify` of a string, `sympy.Number(token)`, only ever sees NUMBER tokens, i.e. digits).
 math-verify's `ExprExtractionConfig` is NOT used: it calls sympy's `parse_expr`, i.e. Python
 `eval`. Answers longer than `MAX_ANSWER_CHARS` or nested deeper than `MAX_NESTING` score 0
-without being parsed.
+without being parsed; parsed answers whose exact evaluation would be astronomical (`9^{9^{9}}`,
+`(10!)!`, `(x+1)^{10000}`) score 0 without being evaluated (`drgrpo.answer_cost`).
 
-Hard time limit: sympy can hang or eat memory on answers like `9^{9^{9}}`, and math-verify's
-own signal-based timeouts only work in a main thread (and would turn a timeout into "wrong").
-`Grader` therefore extracts answers in the caller (linear string work) and sends only the
-short extracted answer to worker processes: fresh interpreters (spawned with `subprocess`,
-inheriting nothing; they import only this module) under a memory cap, speaking JSON lines
-over pipes. A worker that misses the deadline is killed and replaced and the answer gets
+Hard time limit (`DEFAULT_TIMEOUT_S`, chosen below): sympy can still hang or eat memory on
+answers the cost guard lets through (`(a+b+c+d)^{100}` expands into 176,851 terms), and
+math-verify's own signal-based timeouts only work in a main thread (and would turn a timeout
+into "wrong"). `Grader` therefore extracts answers in the caller (linear string work, `plan`)
+and sends only the short extracted answer to worker processes: fresh interpreters (spawned
+with `subprocess`, inheriting nothing; they import only this module) under a memory cap,
+speaking JSON lines over pipes. A worker that spends the limit (CPU time; see `Grader`) is
+killed and replaced (by a spare started in advance) and the answer gets
 `Verdict(0.0, formatted, timed_out=True)`; a worker that dies or raises (segfault,
 MemoryError, RecursionError) gets `crashed=True`. Both are counted, never silently "wrong".
 """
@@ -59,9 +62,20 @@ from drgrpo.templates import check_template
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+# Hard limit per answer, in CPU seconds of the grading process (see `Grader`). Measured on
+# the 286 real references rewritten as `(a)/(b)`, `(x)^{1/2}` (correct, and math-verify has to
+# work) and 1,560 perturbed (wrong) ones: as CPU time, at niceness 15 with the load average at
+# 12 to 21 on 2 cores, a 1 s limit lost none of the 260 correct ones; only a wrong Minerva ODE
+# needs more (13 s). As wall time (how it was counted before), at niceness 0 and a load of 11
+# to 26, 1 s lost 14 correct answers and 2 s one. 5 s leaves room for slower cores and for a new
+# worker, whose parser caches are empty; what it costs is at most 5 s of one worker per slow
+# answer while the pool's other workers go on, and expression bombs no longer reach it.
+DEFAULT_TIMEOUT_S = 5.0
+
 MAX_ANSWER_CHARS = 1000  # longer final answers score 0 unparsed: real ones are far shorter
-MAX_NESTING = 12  # likewise deeper {}/() nesting (references reach 4): sympy's time grows
-# exponentially with it (12 nested \frac: 0.3 s, 14: 2 s, 30: minutes)
+MAX_NESTING = 8  # likewise deeper {}/() nesting (references reach 4): the LaTeX parser's
+# time grows fast with it. CPU seconds in a fresh worker, `{`, `(`, `\sin(` chains:
+# depth 8: 0.41-0.71 s, 10: 0.64-1.26 s, 12: 0.72-3.39 s (30 nested \frac: minutes)
 
 
 @dataclass(frozen=True)
@@ -260,9 +274,14 @@ def answers_match(pred: str, golds: list[str]) -> bool:
             undecided.append((p, g))
     from math_verify import verify
 
+    from drgrpo.answer_cost import affordable  # imports sympy: workers only
+
     for p, g in undecided:
         gold_parsed = _parse(g)
-        if gold_parsed and verify(gold_parsed, _parse(p), timeout_seconds=None):
+        if not gold_parsed:
+            continue
+        pred_parsed = _parse(p)
+        if affordable(pred_parsed) and verify(gold_parsed, pred_parsed, timeout_seconds=None):
             return True
     return False
 
@@ -286,6 +305,7 @@ def grade_response(
 # ---------------------------------------------------------------- hard time limit
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _worker_main(memory_limit_mb: int) -> None:
@@ -327,17 +347,35 @@ class _Worker:
         self.buffer = b""
         self.ready = False
         self.task: int | None = None
-        self.deadline = time.monotonic() + startup_timeout_s
+        self.deadline = time.monotonic() + startup_timeout_s  # wall clock
+        self.sent_at, self.cpu_at_send = 0.0, None
 
-    def send(self, task: int, pred: str, golds: list[str], timeout_s: float) -> bool:
+    def send(self, task: int, pred: str, golds: list[str], wall_timeout_s: float) -> bool:
         message = json.dumps({"id": task, "pred": pred, "golds": golds}) + "\n"
         try:
             self.proc.stdin.write(message.encode())
             self.proc.stdin.flush()
         except OSError:  # died while idle; the caller retries the task elsewhere
             return False
-        self.task, self.deadline = task, time.monotonic() + timeout_s
+        self.task, self.sent_at = task, time.monotonic()
+        self.deadline, self.cpu_at_send = self.sent_at + wall_timeout_s, self._cpu_s()
         return True
+
+    def _cpu_s(self) -> float | None:
+        """CPU seconds (user + system) the process has used; None where /proc is missing."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "(comm)": field 3 on
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def used_s(self) -> float:
+        """CPU seconds spent on the current task (wall seconds where CPU time is unknown)."""
+        now = self._cpu_s()
+        if now is None or self.cpu_at_send is None:
+            return time.monotonic() - self.sent_at
+        return now - self.cpu_at_send
 
     def read(self) -> list[dict] | None:
         """Complete messages now available, or None at end of file (the process died)."""
@@ -375,27 +413,72 @@ _OUTCOMES = {
 }
 
 
+Pair = tuple[str, tuple[str, ...]]  # an extracted answer and its acceptable references
+
+
+def plan(
+    responses: list[str],
+    answers: list[str | list[str]],
+    template: str,
+    truncated: list[bool] | None = None,
+) -> tuple[list[Verdict | None], dict[Pair, list[int]]]:
+    """Linear string work, safe in any process: the verdicts that need no worker (no answer
+    format, cut off, oversized answer) and, for the rest (None), each distinct (answer,
+    references) pair with the positions it decides."""
+    check_template(template)
+    truncated = [False] * len(responses) if truncated is None else truncated
+    if not len(responses) == len(answers) == len(truncated):
+        raise ValueError("responses, answers and truncated must have the same length")
+    verdicts: list[Verdict | None] = [None] * len(responses)
+    jobs: dict[Pair, list[int]] = {}
+    for i, (response, answer) in enumerate(zip(responses, answers)):
+        pred = extract_answer(response, template)
+        if pred is None or truncated[i] or not _parseable_size(pred):
+            verdicts[i] = Verdict(0.0, pred is not None)
+        else:
+            jobs.setdefault((pred, tuple(_golds(answer))), []).append(i)
+    return verdicts, jobs
+
+
 class Grader:
     """Grades batches with a hard per-answer time limit, in `num_workers` worker processes
     (fresh spawned interpreters), killed and replaced on timeout or crash.
 
-    Workers are started at construction and kept across `grade()` calls. Identical
-    (answer, reference) pairs in a batch are graded once. Not thread-safe: one caller.
+    The limit counts the worker's CPU time (`timeout_s`), so that a verdict does not depend
+    on what else runs on the machine: Ray starts its workers, and so the reward pool's graders,
+    at niceness 15, and on 2 cores kept busy by other processes a 5 s wall-clock limit timed
+    out ordinary answers (2-3 of 827; none at niceness 0). `wall_timeout_s` (6 x `timeout_s`
+    unless given) still bounds the wall time of a worker that gets no CPU at all.
+
+    Workers are started at construction and kept across `grade()` calls, with one spare:
+    a killed worker's place goes to the spare, already started (an interpreter importing
+    sympy takes 0.3 s on an idle core, seconds on a busy one), and a new spare starts in the
+    background. Identical (answer, reference) pairs in a batch are graded once. Not
+    thread-safe: one caller.
     """
 
     def __init__(
         self,
         num_workers: int = 1,
-        timeout_s: float = 5.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         *,
+        wall_timeout_s: float | None = None,
         memory_limit_mb: int = 2048,
         startup_timeout_s: float = 120.0,
     ) -> None:
-        if num_workers < 1 or timeout_s <= 0:
-            raise ValueError("num_workers must be >= 1 and timeout_s > 0")
-        self.timeout_s = timeout_s
+        wall_timeout_s = 6 * timeout_s if wall_timeout_s is None else wall_timeout_s
+        if num_workers < 1 or timeout_s <= 0 or wall_timeout_s < timeout_s:
+            raise ValueError("num_workers must be >= 1 and 0 < timeout_s <= wall_timeout_s")
+        self.timeout_s, self.wall_timeout_s = timeout_s, wall_timeout_s
         self._spawn_args = (memory_limit_mb, startup_timeout_s)
         self._workers = [_Worker(*self._spawn_args) for _ in range(num_workers)]
+        self._spare: _Worker | None = _Worker(*self._spawn_args)
+
+    def wait_ready(self) -> None:
+        """Return once every worker and the spare has started (grade() waits only for the
+        workers it needs): so that no start-up competes for the CPU with what follows."""
+        while any(not w.ready for w in self._live()):
+            self._step([], deque(), [])
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers]
@@ -408,25 +491,18 @@ class Grader:
         truncated: list[bool] | None = None,
     ) -> list[Verdict]:
         """One verdict per response, in order."""
-        check_template(template)
-        truncated = [False] * len(responses) if truncated is None else truncated
-        if not len(responses) == len(answers) == len(truncated):
-            raise ValueError("responses, answers and truncated must have the same length")
-        verdicts: list[Verdict | None] = [None] * len(responses)
-        jobs: dict[tuple[str, tuple[str, ...]], list[int]] = {}
-        for i, (response, answer) in enumerate(zip(responses, answers)):
-            pred = extract_answer(response, template)
-            if pred is None or truncated[i] or not _parseable_size(pred):
-                verdicts[i] = Verdict(0.0, pred is not None)
-            else:
-                jobs.setdefault((pred, tuple(_golds(answer))), []).append(i)
+        verdicts, jobs = plan(responses, answers, template, truncated)
         keys = list(jobs)
-        for key, outcome in zip(keys, self._run(keys)):
+        for key, verdict in zip(keys, self.judge(keys)):
             for i in jobs[key]:
-                verdicts[i] = _OUTCOMES[outcome]
+                verdicts[i] = verdict
         return verdicts  # type: ignore[return-value]
 
-    def _run(self, tasks: list[tuple[str, tuple[str, ...]]]) -> list[str]:
+    def judge(self, pairs: list[Pair]) -> list[Verdict]:
+        """The verdict on each (extracted answer, references) pair from `plan`, in order."""
+        return [_OUTCOMES[outcome] for outcome in self._run(pairs)]
+
+    def _run(self, tasks: list[Pair]) -> list[str]:
         if tasks and not self._workers:
             raise RuntimeError("the Grader is closed")
         outcomes: list[str | None] = [None] * len(tasks)
@@ -446,27 +522,32 @@ class Grader:
         for w in list(self._workers):
             if w.ready and w.task is None and queue:
                 task = queue.popleft()
-                if not w.send(task, tasks[task][0], list(tasks[task][1]), self.timeout_s):
+                if not w.send(task, tasks[task][0], list(tasks[task][1]), self.wall_timeout_s):
                     queue.appendleft(task)
                     self._replace(w)
         now = time.monotonic()
-        pending = [w.deadline for w in self._workers if not w.ready or w.task is not None]
-        for w in self._readable(max(0.0, min(pending, default=now) - now)):
+        waits = [w.deadline - now for w in self._live() if not w.ready or w.task is not None]
+        # CPU time grows no faster than the wall clock: sleeping through what is left of the
+        # budget cannot overshoot it.
+        waits += [self.timeout_s - w.used_s() for w in self._workers if w.task is not None]
+        for w in self._readable(max(0.0, min(waits, default=0.0))):
             self._collect(w, outcomes)
         now = time.monotonic()
-        for w in list(self._workers):
-            if (w.ready and w.task is None) or w.deadline > now:
+        for w in self._live():  # the spare too: it must start in time
+            if w.ready and w.task is None:
                 continue
             if not w.ready:
-                self.close()
-                raise RuntimeError("a grading worker did not start in time")
-            outcomes[w.task] = "timeout"
-            self._replace(w)
+                if w.deadline <= now:
+                    self.close()
+                    raise RuntimeError("a grading worker did not start in time")
+            elif w.deadline <= now or w.used_s() >= self.timeout_s:
+                outcomes[w.task] = "timeout"
+                self._replace(w)
 
     def _readable(self, timeout_s: float) -> list[_Worker]:
         # poll, not select: a big process (a Ray actor) can have fds above select's 1024
         poller = select.poll()
-        by_fd = {w.fd: w for w in self._workers}
+        by_fd = {w.fd: w for w in self._live()}
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         return [by_fd[fd] for fd, _ in poller.poll(timeout_s * 1000)]
@@ -493,13 +574,21 @@ class Grader:
                     self._replace(w)
                     return
 
+    def _live(self) -> list[_Worker]:
+        return self._workers + ([self._spare] if self._spare is not None else [])
+
     def _replace(self, w: _Worker) -> None:
+        """Kill `w`; the spare takes its place (unless `w` was the spare) and a new one starts."""
         w.kill()
-        self._workers[self._workers.index(w)] = _Worker(*self._spawn_args)
+        if w is not self._spare:
+            self._workers[self._workers.index(w)] = self._spare
+        self._spare = _Worker(*self._spawn_args)
 
     def close(self) -> None:
-        """Stop the workers; idempotent."""
-        workers, self._workers = getattr(self, "_workers", []), []
+        """Stop the workers and the spare; idempotent."""
+        spare = getattr(self, "_spare", None)  # attributes may be missing: __init__ failed
+        workers = getattr(self, "_workers", []) + ([spare] if spare is not None else [])
+        self._workers, self._spare = [], None
         for w in workers:
             w.stop()
 

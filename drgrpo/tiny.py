@@ -61,6 +61,7 @@ def build_tiny_model(
     vocab_size: int = 512,
     max_position_embeddings: int = 2048,
     seed: int = 0,
+    tie_word_embeddings: bool = False,
 ) -> Path:
     """Write a random-init Qwen2 causal LM and its tokenizer to `out_dir`; return the path.
 
@@ -83,7 +84,7 @@ def build_tiny_model(
         num_key_value_heads=num_heads,
         head_dim=hidden_size // num_heads,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -101,6 +102,59 @@ def build_tiny_model(
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "drgrpo_tiny.json").write_text(json.dumps({"seed": seed, "built_by": "drgrpo.tiny"}))
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def teach_boxed_answers(base_dir: str | Path, out_dir: str | Path, questions: list[str],
+                        answers: list[str], *, template: str = "qwen_math", steps: int = 30,
+                        lr: float = 1e-2, seed: int = 0) -> Path:
+    """Write to `out_dir` the tiny model at `base_dir`, taught (supervised, `steps` Adam
+    steps) to answer each of `questions` with `\\boxed{a}` and its EOS, `a` drawn uniformly
+    from `answers` whatever the question; return the path.
+
+    A random-init tiny model never writes `\\boxed{}`: every reward is 0, every advantage 0,
+    and RL never changes its weights, so a test of what training changes (optimizer state,
+    weight sync, resuming) would pass whatever that code did. Taught only this briefly, the
+    model half-learns the format: in the resume test's first step (six sums, answers 2, 3
+    or 4) 31% of its responses were well-formed and 12.5% right, enough for groups that mix
+    right and wrong answers, so every step trains. Atomic like `build_tiny_model`.
+    """
+    import random
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from drgrpo.templates import apply_template
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists():
+        return out_dir
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    rng = random.Random(seed)
+    prompts = [tokenizer(apply_template(template, q)).input_ids for q in questions]
+    replies = [tokenizer(f"\\boxed{{{a}}}").input_ids + [tokenizer.eos_token_id] for a in answers]
+    for _ in range(steps):
+        pairs = [(rng.choice(prompts), rng.choice(replies)) for _ in range(16)]
+        width = max(len(p) + len(r) for p, r in pairs)
+        ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
+        mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)  # loss on the reply
+        for i, (p, r) in enumerate(pairs):
+            ids[i, :len(p) + len(r)] = torch.tensor(p + r)
+            mask[i, :len(p) + len(r)] = 1
+            labels[i, len(p):len(p) + len(r)] = torch.tensor(r)
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
     tmp.rename(out_dir)
     return out_dir
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from dataclasses import dataclass
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.generator import Completion, Generator, Sampling
+from actors.generator import Completion, Generated, Generator, Sampling
 from actors.learner import Learner
 from actors.reward_pool import RewardPool
 from drgrpo.batching import Sample
@@ -87,18 +88,34 @@ def create_learners(cfg: Config, device: str, pg, gpus: float, cpus: float) -> l
 def create_generators(pg, n: int, model_path: str, *, dtype: str, device: str, gpus: float,
                       cpus: float, tp: int = 1, seed: int = 0, max_model_len: int = 4096,
                       gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
-                      trust_remote_code: bool = False) -> list:
-    """Generator i on bundle i of `pg`, each engine seeded apart."""
+                      trust_remote_code: bool = False, version: int = 0,
+                      cpu_cores: list[int] | None = None) -> list:
+    """Generator i on bundle i of `pg`, each engine seeded apart; `version` is the weight
+    update `model_path` holds."""
     return [Generator.options(num_gpus=gpus, num_cpus=cpus, **_on(pg, i))
             .remote(model_path, dtype, tp=tp, seed=seed + i, max_model_len=max_model_len,
                     device=device, gpu_memory_utilization=gpu_memory_utilization,
-                    sleep_mode=sleep_mode, trust_remote_code=trust_remote_code)
+                    sleep_mode=sleep_mode, trust_remote_code=trust_remote_code, version=version,
+                    cpu_cores=cpu_cores)
             for i in range(n)]
+
+
+@dataclass
+class PendingGeneration:
+    """Generate calls in flight, one per generator; `result()` waits for all of them."""
+    refs: list
+    names: list[str]
+
+    def result(self) -> Generated:
+        parts = gather(self.refs, self.names)
+        return Generated([group for part in parts for group in part.groups],
+                         min(p.started for p in parts), max(p.finished for p in parts),
+                         sum(p.wait_s for p in parts) / len(parts))
 
 
 class Cluster:
     def __init__(self, cfg: Config, device: str, model_path: str | None = None,
-                 max_model_len: int = 4096):
+                 max_model_len: int = 4096, weights_version: int = 0):
         c = cfg.cluster
         self.cfg, self.device = cfg, device
         gpu = device == "cuda"
@@ -120,10 +137,11 @@ class Cluster:
 
         self.generators = create_generators(
             self.generator_pg, c.num_generators, model_path or cfg.model.path,
-            dtype=cfg.model.dtype, device=device, gpus=gen_gpus, cpus=cpus, tp=c.generator_tp,
+            dtype=cfg.model.rollout_dtype, device=device, gpus=gen_gpus, cpus=cpus, tp=c.generator_tp,
             seed=cfg.trainer.seed, max_model_len=max_model_len,
             gpu_memory_utilization=c.gpu_memory_utilization,
-            sleep_mode=c.colocate and gpu, trust_remote_code=cfg.model.trust_remote_code)
+            sleep_mode=c.colocate and gpu, trust_remote_code=cfg.model.trust_remote_code,
+            version=weights_version, cpu_cores=c.generator_cores)
         names = [f"generator {i}" for i in range(c.num_generators)]
         info = {}
         if c.colocate:
@@ -131,7 +149,7 @@ class Cluster:
             # learners sharing those GPUs load their weights only after every engine is up.
             info.update(zip(names, gather([g.ready.remote() for g in self.generators], names)))
         self.learners = create_learners(cfg, device, self.learner_pg, learner_gpus, cpus)
-        self.rewards = RewardPool(c.num_reward_workers, options={"num_cpus": 0})
+        self.rewards = RewardPool(c.num_reward_workers, c.reward_timeout_s, options={"num_cpus": 0})
         pending = [(f"learner {r}", l) for r, l in enumerate(self.learners)]
         if not c.colocate:
             pending += list(zip(names, self.generators))
@@ -176,7 +194,13 @@ class Cluster:
     # --- the verbs of the training loop ---------------------------------------------------------
 
     def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[Completion]]:
-        """Split prompts evenly across generators; result[i] holds prompt i's n samples.
+        """result[i] holds prompt i's n samples (see `submit`)."""
+        return self.submit(prompts, n, sampling).result().groups
+
+    def submit(self, prompts: list[str], n: int, sampling: Sampling) -> PendingGeneration:
+        """Ask the generators for n samples of each prompt, split evenly across them, and
+        return at once. Each generator runs its calls in order, so these are sampled with the
+        weights of the last `sync_weights` asked for before this call.
 
         Prompt i is sampled with its own seed, derived from `sampling.seed` and i, so the
         samples do not depend on how the prompts are split across generators."""
@@ -187,8 +211,7 @@ class Cluster:
         refs = [self.generators[i].generate.remote(prompts[s], n, sampling,
                                                    seeds[s] if seeds else None)
                 for i, s in parts]
-        return [group for part in gather(refs, [self.generator_names[i] for i, _ in parts])
-                for group in part]
+        return PendingGeneration(refs, [self.generator_names[i] for i, _ in parts])
 
     def score(self, responses: list[str], answers: list, template: str, truncated: list[bool]):
         return self.rewards.score(responses, answers, template, truncated)
@@ -207,13 +230,32 @@ class Cluster:
             "grad_norm": results[0]["grad_norm"],
             "clip_fraction": sum(r["clipped_tokens"] for r in results) / max(tokens, 1.0),
             "kl": sum(r["kl"] for r in results) / max(tokens, 1.0),
+            # Truncated importance sampling (algorithm.tis_cap): the mean weight pi_old/mu
+            # over trained tokens, and the share of tokens whose weight hit the cap.
+            "tis/mean_weight": sum(r["tis_weight"] for r in results) / max(tokens, 1.0),
+            "tis/clipped_fraction": sum(r["tis_clipped_tokens"] for r in results)
+            / max(tokens, 1.0),
+            # Share of the training passes' positions (prompt + response, every micro-batch of
+            # every learner) that were right-padding: compute spent on nothing.
+            "learner/padding_fraction": sum(r["padded_positions"] for r in results)
+            / max(sum(r["positions"] for r in results), 1),
         }
 
-    def sync_weights(self) -> dict:
-        start = time.perf_counter()
+    def sync_weights(self, version: int) -> dict:
+        """Learner rank 0 streams the weights of its `version`-th update to every generator
+        (after whatever each generator is doing now). Returns the bytes
+        sent and where the time went: on learner 0 gathering shards, packing buckets and
+        broadcasting; on the slowest generator receiving, loading into vLLM (`reload_weights`
+        and its re-processing of layers) and resetting the prefix cache."""
         results = gather([l.send_weights.remote() for l in self.learners]
-                         + [g.receive_weights.remote() for g in self.generators], self._names())
-        return {"seconds": time.perf_counter() - start, "bytes": results[0]["bytes"]}
+                         + [g.receive_weights.remote(version) for g in self.generators],
+                         self._names())
+        sender, receivers = results[0], results[len(self.learners):]
+        slowest = max(receivers, key=lambda r: r["seconds"])
+        return {"bytes": sender["bytes"],
+                "gather_s": sender["gather_s"], "pack_s": sender["pack_s"],
+                "send_s": sender["broadcast_s"], "receive_s": slowest["broadcast_s"],
+                "load_s": slowest["load_s"], "cache_reset_s": slowest["cache_reset_s"]}
 
     def save(self, folder: str) -> None:
         gather([l.save.remote(folder) for l in self.learners], self.learner_names)

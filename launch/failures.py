@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 # The last line of a Python traceback: `ValueError: ...`, `torch.OutOfMemoryError: ...`.
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception|Exit)(?::.*)?$")
@@ -49,6 +49,8 @@ def root_cause(err: BaseException) -> str:
     if isinstance(inner, RayTaskError | RayActorError):
         return root_cause(inner)
     text = str(err).strip().splitlines()
+    if isinstance(err, RayError):  # e.g. OutOfMemoryError: its first line says what happened
+        return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
     return f"{type(err).__name__}: {text[-1]}" if text else type(err).__name__
 
 
@@ -67,6 +69,6 @@ def gather(refs: Sequence[ray.ObjectRef], names: Sequence[str],
         ref = ready[0]
         try:
             done[ref] = ray.get(ref)
-        except (RayActorError, RayTaskError) as err:
+        except RayError as err:  # the actor raised or died, or Ray killed it (memory)
             raise ActorFailure(names[refs.index(ref)], root_cause(err)) from None
     return [done[r] for r in refs]

@@ -19,6 +19,7 @@ from launch.failures import gather
 
 class InferenceCluster:
     generate = Cluster.generate  # the training cluster's verbs, shared, not copied
+    submit = Cluster.submit
     score = Cluster.score
     generator_names = Cluster.generator_names
 

@@ -27,6 +27,7 @@ from drgrpo.config import Config
 from drgrpo.data import DataError, Problem, load_problems
 from drgrpo.templates import apply_template
 from launch.loggers import Loggers, LoggerStartError, missing_package
+from launch.pipeline import Rollout, rollouts_from_json, rollouts_to_json
 
 CHECKPOINT = re.compile(r"^step_(\d{6,})$")
 
@@ -86,6 +87,15 @@ class Run:
     loggers: Loggers
     actors: dict = field(default_factory=dict)  # name -> node, pid, start-up times
 
+    def saved_rollouts(self) -> list[Rollout]:
+        """The rollouts a resumed checkpoint kept for the steps after it (see save_checkpoint)."""
+        path = self.resume_from / "rollouts.json" if self.resume_from else None
+        return rollouts_from_json(path.read_text()) if path and path.is_file() else []
+
+    def clock(self, wall_time: float) -> float:
+        """A `time.time()` reading as seconds since the run started (resumed runs included)."""
+        return wall_time - self.state.started_at
+
     @property
     def ray_init_kwargs(self) -> dict:
         # Under `ray job submit` RAY_ADDRESS is set and ray.init() joins that cluster; else a
@@ -141,13 +151,18 @@ class Run:
 
     # --- checkpoints and the end -----------------------------------------------------------------
 
-    def save_checkpoint(self, cluster, step: int) -> Path:
+    def save_checkpoint(self, cluster, step: int, in_flight: list[Rollout] = ()) -> Path:
+        """The learners' model and optimizer, the run's state, and the rollouts already
+        sampled for later steps (asynchronous runs): weights the checkpoint does not hold
+        sampled them, so a resumed run must train on these very responses."""
         root = self.output_dir / "checkpoints"
         final = root / f"step_{step:06d}"
         tmp = root / f"step_{step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         cluster.save(str(tmp))
+        if in_flight:
+            (tmp / "rollouts.json").write_text(rollouts_to_json(in_flight))
         _load_tokenizer(self.model_path, self.cfg.model.trust_remote_code).save_pretrained(
             tmp / "model")
         self.state.wall_time_s = time.time() - self.state.started_at

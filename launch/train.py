@@ -20,11 +20,13 @@ from actors.generator import Sampling
 from drgrpo.algorithm import group_advantages
 from drgrpo.batching import Sample, plan_steps
 from drgrpo.config import Config, parse_args
+from drgrpo.data import Problem
 from drgrpo.metrics import rollout_metrics
 from drgrpo.seeds import derive_seed
 from drgrpo.templates import apply_template, stop_strings
 from launch.evaluate import evaluate
 from launch.failures import RunError
+from launch.pipeline import Rollout, Rollouts
 from launch.run import InputError, Run, RunState, prepare
 
 
@@ -42,63 +44,66 @@ def _train(cfg: Config, run: Run) -> dict:
     if not ray.is_initialized():  # launch.compare trains twice in one process
         ray.init(**run.ray_init_kwargs)
     device = cfg.cluster.resolve_device(ray.cluster_resources())
-    cluster = Cluster(cfg, device, model_path=run.model_path, max_model_len=run.max_model_len)
+    cluster = Cluster(cfg, device, model_path=run.model_path, max_model_len=run.max_model_len,
+                      weights_version=run.state.step)
     run.note_actors(cluster.actors)
     state: RunState = run.state
     if run.resume_from:
         cluster.load_optimizer(str(run.resume_from))
+        # The generators started from the checkpoint's model, saved in model.dtype; an
+        # uninterrupted run's hold the learners' float32 weights cast to generation_dtype,
+        # finer when that is float32. Send them those, restored, as that run did.
+        cluster.sync_weights(version=state.step)
     G, template = cfg.rollout.samples_per_prompt, cfg.data.template
     sampling = Sampling(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
-                        tuple(stop_strings(template)))
+                        tuple(stop_strings(template)), logprobs=cfg.algorithm.tis_cap > 0)
+
+    def questions(step: int) -> tuple[list[Problem], list[str]]:
+        problems = run.prompts_for_step(step)
+        return problems, [apply_template(template, p.question) for p in problems]
+
+    rollouts = Rollouts(
+        cluster, questions, G, lambda step: replace(
+            sampling, seed=derive_seed(cfg.trainer.seed, "rollout", step)),
+        cfg.rollout.max_staleness, cfg.trainer.max_steps, saved=run.saved_rollouts())
 
     if run.eval_sets and state.step == 0:
         run.log_eval(0, evaluate(cluster, run.eval_sets, template, cfg.eval, cfg.trainer.seed)[0])
     with run.progress_bar() as progress:  # closed before any error line is printed
         for step in range(state.step + 1, cfg.trainer.max_steps + 1):
-            t0 = time.perf_counter()
+            t0 = time.time()
 
-            # 1. Sample a batch of questions and a group of G responses to each.
-            problems = run.prompts_for_step(step)
-            prompts = [apply_template(template, p.question) for p in problems]
-            step_sampling = replace(sampling, seed=derive_seed(cfg.trainer.seed, "rollout", step))
-            groups = cluster.generate(prompts, G, step_sampling)
-            completions = [c for group in groups for c in group]
-            t1 = time.perf_counter()
+            # 1. A group of G responses to each of the step's questions, sampled by weights at
+            #    most rollout.max_staleness updates older than the learners' (0: the latest).
+            rollout = rollouts.take(step)
+            completions = rollout.completions
+            t1 = time.time()
 
             # 2. Score every response against its question's reference answer (0/1 reward).
-            answers = [p.answer for p in problems for _ in range(G)]
+            answers = [p.answer for p in rollout.problems for _ in range(G)]
             verdicts = cluster.score([c.text for c in completions], answers, template,
                                      [c.truncated for c in completions])
             rewards = torch.tensor([v.reward for v in verdicts])
-            t2 = time.perf_counter()
+            t2 = time.time()
 
             # 3. Advantages within each group: r - mean(group) (Dr. GRPO; GRPO also divides by std).
             advantages = group_advantages(rewards, G, cfg.algorithm.method)
 
-            # 4. Policy update: the rollout is trained as optimizer steps of train_batch_size.
-            samples = [Sample(c.prompt_ids, c.response_ids, a)
+            # 4. Policy update (step - 1 -> step): the rollout, as optimizer steps of
+            #    train_batch_size; vLLM's own log-probs go along for importance sampling.
+            samples = [Sample(c.prompt_ids, c.response_ids, a, c.logprobs)
                        for c, a in zip(completions, advantages.tolist())]
             plan = plan_steps(samples, cfg.learner.train_batch_size, cfg.cluster.num_learners,
                               seed=cfg.trainer.seed * 100_003 + step)
             train_stats = cluster.train(plan)
-            t3 = time.perf_counter()
+            t3 = time.time()
 
-            # 5. The generators sample the next rollout from the new weights.
-            sync = cluster.sync_weights()
-            t4 = time.perf_counter()
+            # 5. The generators sample from the new weights from their next rollout on.
+            sync = cluster.sync_weights(version=step)
+            t4 = time.time()
 
-            lengths = [len(c.response_ids) for c in completions]
-            metrics = {
-                "step": step,
-                **rollout_metrics(lengths, rewards.tolist(), [c.truncated for c in completions],
-                                  [v.timed_out or v.crashed for v in verdicts],
-                                  [v.formatted for v in verdicts]),
-                **train_stats,
-                "time/step_s": t4 - t0, "time/generate_s": t1 - t0, "time/reward_s": t2 - t1,
-                "time/train_s": t3 - t2, "time/weight_sync_s": t4 - t3,
-                "weight_sync/bytes": sync["bytes"],
-                "tokens_per_s": sum(lengths) / (t1 - t0),
-            }
+            metrics = step_record(run, step, rollout, verdicts, train_stats, sync,
+                                  (t0, t1, t2, t3, t4))
             if run.eval_sets and cfg.trainer.eval_every and (
                     step % cfg.trainer.eval_every == 0 or step == cfg.trainer.max_steps):
                 eval_metrics, _ = evaluate(cluster, run.eval_sets, template, cfg.eval, cfg.trainer.seed)
@@ -106,10 +111,40 @@ def _train(cfg: Config, run: Run) -> dict:
             run.log_step(metrics, progress)
             if step == cfg.trainer.max_steps or (cfg.trainer.save_every
                                                  and step % cfg.trainer.save_every == 0):
-                run.save_checkpoint(cluster, step)
+                run.save_checkpoint(cluster, step, rollouts.in_flight())
     summary = run.write_summary()
     cluster.shutdown()
     return summary
+
+
+def step_record(run: Run, step: int, rollout: Rollout, verdicts: list, train_stats: dict,
+                sync: dict, times: tuple[float, ...]) -> dict:
+    """One line of metrics.jsonl: what the rollout was, how training went, where time went."""
+    t0, t1, t2, t3, t4 = times
+    completions = rollout.completions
+    lengths = [len(c.response_ids) for c in completions]
+    staleness = [step - 1 - c.version for c in completions]  # updates between mu and pi_old
+    generate_s = rollout.finished - rollout.started
+    return {
+        "step": step,
+        **rollout_metrics(lengths, [v.reward for v in verdicts],
+                          [c.truncated for c in completions],
+                          [v.timed_out or v.crashed for v in verdicts],
+                          [v.formatted for v in verdicts]),
+        **train_stats,
+        "staleness/mean": sum(staleness) / len(staleness), "staleness/max": max(staleness),
+        "time/step_s": t4 - t0, "time/generate_s": generate_s, "time/reward_s": t2 - t1,
+        "time/train_s": t3 - t2, "time/weight_sync_s": t4 - t3,
+        # Learners idle: until the rollout was sampled and graded, and in the sync until the
+        # generators finished what they were sampling (sending waits for them to receive).
+        "time/learner_wait_s": t2 - t0 + max(0.0, sync["send_s"] - sync["receive_s"]),
+        "time/generator_wait_s": rollout.generator_wait_s,
+        **{f"weight_sync/{k}": v for k, v in sync.items()},
+        "tokens_per_s": sum(lengths) / max(generate_s, 1e-9),
+        "timeline": {phase: [run.clock(a), run.clock(b)] for phase, a, b in (
+            ("generate", rollout.started, rollout.finished), ("reward", t1, t2),
+            ("train", t2, t3), ("weight_sync", t3, t4))},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,3 +41,13 @@ def demo_home(tmp_path_factory) -> Path:
                    env={**os.environ, "HOME": str(home)}, cwd=Path(__file__).parents[1],
                    check=True, capture_output=True, timeout=600)
     return home
+
+
+@pytest.fixture(scope="session")
+def tied_model_path(tmp_path_factory) -> Path:
+    """A tiny model whose output layer is its input embedding, as in SmolLM2 (the demo's) and
+    Qwen2.5-Math-1.5B."""
+    from drgrpo.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2-tied",
+                            tie_word_embeddings=True)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from drgrpo.algorithm import group_advantages, naive_token_logprobs, policy_loss, token_logprobs
+from drgrpo.batching import pack_by_tokens
 
 # --- advantages -----------------------------------------------------------------------------
 
@@ -100,6 +101,45 @@ def test_ppo_clip_and_clip_stats():
     assert stats["tokens"].item() == 2
 
 
+@pytest.mark.parametrize("method", ["dr_grpo", "grpo"])
+def test_tis_weight_is_one_where_behaviour_equals_old(method):
+    """Synchronous and numerically exact: pi_old == mu, every weight is 1, the loss and its
+    gradient are today's."""
+    torch.manual_seed(0)
+    lp = torch.randn(3, 5, requires_grad=True)
+    old, mask = torch.randn(3, 5), (torch.rand(3, 5) > 0.3).float()
+    adv = torch.tensor([1.0, -0.5, 0.25])
+    plain, _ = policy_loss(lp, old, adv, mask, method, 0.2, 5)
+    (g_plain,) = torch.autograd.grad(plain, lp)
+    tis, stats = policy_loss(lp, old, adv, mask, method, 0.2, 5, behaviour_logprobs=old.clone(),
+                             tis_cap=2.0)
+    (g_tis,) = torch.autograd.grad(tis, lp)
+    assert tis.item() == pytest.approx(plain.item(), abs=1e-7)
+    assert torch.allclose(g_tis, g_plain)
+    assert stats["tis_weight"].item() == pytest.approx(mask.sum().item())
+    assert stats["tis_clipped_tokens"].item() == 0
+
+
+def test_tis_weight_is_capped_detached_and_scales_each_token_by_hand():
+    """One response of three tokens, A = 1, Dr. GRPO with L = 4, no clipping in play
+    (pi == pi_old): the surrogate's gradient wrt log pi_t is -A * ratio_t * w_t / L with
+    w_t = min(pi_old/mu, C); the weight itself carries no gradient."""
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.1]]))
+    mu = torch.log(torch.tensor([[0.25, 0.2, 0.01]]))  # weights 2, 1, 10 -> capped at 3
+    lp = old.clone().requires_grad_(True)
+    mask, adv = torch.ones(1, 3), torch.tensor([1.0])
+    loss, stats = policy_loss(lp, old, adv, mask, "dr_grpo", 0.2, 4, behaviour_logprobs=mu,
+                              tis_cap=3.0)
+    (grad,) = torch.autograd.grad(loss, lp)
+    w = torch.tensor([[2.0, 1.0, 3.0]])
+    assert loss.item() == pytest.approx(-(w.sum() / 4).item())
+    assert torch.allclose(grad, -w / 4)
+    assert stats["tis_weight"].item() == pytest.approx(6.0)
+    assert stats["tis_clipped_tokens"].item() == 1
+    with pytest.raises(ValueError, match="behaviour_logprobs"):
+        policy_loss(lp, old, adv, mask, "dr_grpo", 0.2, 4, tis_cap=3.0)
+
+
 def test_kl_term_needs_reference_and_is_zero_at_reference():
     lp, old, adv, mask = _two_responses()
     with pytest.raises(ValueError, match="ref_logprobs"):
@@ -129,10 +169,20 @@ def _logprobs(weight, feats):
     return torch.nn.functional.logsigmoid(feats * weight) - 1.0
 
 
+# (ranks, how each rank cuts its share): ("count", k) = k contiguous micro-batches;
+# ("tokens", budget) = the learner's token-budget layout (rows sorted by length, packed so
+# rows x longest <= budget): 1 puts every row alone, 12 gives the two ranks 1 and 2 passes.
+LAYOUTS = [(1, ("count", 1)), (1, ("count", 3)), (2, ("count", 2)), (4, ("count", 1)),
+           (2, ("count", 4)), (1, ("tokens", 1)), (1, ("tokens", 8)), (2, ("tokens", 6)),
+           (2, ("tokens", 12))]
+
+
 @pytest.mark.parametrize("method", ["dr_grpo", "grpo"])
-@pytest.mark.parametrize("ranks,micro", [(1, 1), (1, 3), (2, 2), (4, 1), (2, 4)])
-def test_sharded_step_equals_single_batch(method, ranks, micro):
-    """Loss and gradient of one optimizer step do not depend on how it is sharded.
+@pytest.mark.parametrize("ranks,cut", LAYOUTS, ids=[f"{r}-{c}{n}" for r, (c, n) in LAYOUTS])
+def test_sharded_step_equals_single_batch(method, ranks, cut):
+    """Loss and gradient of one optimizer step do not depend on how it is sharded, nor on how
+    each rank cuts its share into micro-batches: by count, or by token budget, which reorders
+    the rows and gives ranks different numbers of micro-batches.
 
     Each rank scales its loss by the world size because FSDP/ZeRO average gradients over
     ranks; summing micro-batch gradients on a rank is gradient accumulation.
@@ -142,10 +192,16 @@ def test_sharded_step_equals_single_batch(method, ranks, micro):
     full, _ = policy_loss(_logprobs(weight, feats), old, adv, mask, method, 0.2, 6)
     (full_grad,) = torch.autograd.grad(full, weight)
 
-    rank_grads, total = [], 0.0
+    rank_grads, total, layouts = [], 0.0, []
     for rank_rows in torch.arange(batch).chunk(ranks):
+        if cut[0] == "count":
+            layout = list(rank_rows.chunk(cut[1]))
+        else:
+            lengths = [int(n) for n in mask[rank_rows].sum(-1)]
+            layout = [rank_rows[idx] for idx in pack_by_tokens(lengths, cut[1])]
+        layouts.append([rows.tolist() for rows in layout])
         grad = torch.zeros_like(weight)
-        for rows in rank_rows.chunk(micro):
+        for rows in layout:
             loss, _ = policy_loss(_logprobs(weight, feats[rows]), old[rows], adv[rows],
                                   mask[rows], method, 0.2, 6, num_responses=batch)
             total += loss.item()
@@ -153,6 +209,8 @@ def test_sharded_step_equals_single_batch(method, ranks, micro):
         rank_grads.append(grad)
     averaged = torch.stack(rank_grads).mean(0)  # what all-reduce(AVG) leaves on every rank
 
+    if cut[0] == "tokens":  # the premise: the token layout is not a contiguous cut
+        assert [r for rank in layouts for mb in rank for r in mb] != list(range(batch))
     assert total == pytest.approx(full.item(), rel=1e-6)
     torch.testing.assert_close(averaged, full_grad, rtol=1e-6, atol=1e-7)
 

@@ -49,6 +49,7 @@ def test_defaults():
     c = cfg.cluster
     assert (c.num_generators, c.generator_tp, c.num_learners, c.num_reward_workers) == (1, 1, 1, 2)
     assert c.colocate is False and c.device == "auto"
+    assert c.reward_timeout_s == 5.0  # the grader's own default (drgrpo/rewards.py says why)
     e = cfg.eval
     assert (e.temperature, e.max_new_tokens, e.samples, e.limit) == (0.0, 3000, 1, None)
     t = cfg.trainer
@@ -297,6 +298,8 @@ def test_paper_configs(name, model):
     lr = cfg.learner
     assert (lr.strategy, lr.zero_stage, lr.lr, lr.train_batch_size) == ("deepspeed", 2, 1e-6, 128)
     assert (lr.adam_betas, lr.weight_decay, lr.grad_clip, lr.gradient_checkpointing) == ((0.9, 0.95), 0.0, 1.0, True)
+    # No pass holds more tokens than the paper's longest, one full prompt and response.
+    assert lr.max_tokens_per_micro_batch == cfg.data.max_prompt_tokens + r.max_new_tokens
     c = cfg.cluster
     assert c.colocate and c.gpu_memory_utilization == 0.35 and c.num_learners == 8 and c.num_generators == 8
     e = cfg.eval

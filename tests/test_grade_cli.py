@@ -54,7 +54,8 @@ def test_r1_template_and_timeout_are_reported(tmp_path):
     rows = [
         {"response": "x </think> <answer> 12 </answer>", "answer": "12"},
         {"response": "x <answer> 12 </answer>", "answer": "12"},
-        {"response": "x </think> <answer> \\boxed{9^{9^{9^{9}}}} </answer>", "answer": "1"},
+        # passes the cost guard, then takes sympy minutes to expand
+        {"response": "x </think> <answer> \\boxed{(a+b+c+d)^{100}} </answer>", "answer": "1"},
     ]
     path = write_lines(tmp_path / "r1.jsonl", [json.dumps(row) for row in rows])
     done = run_cli("--template", "r1", "--timeout", "1", str(path))

@@ -10,10 +10,13 @@ import time
 import pytest
 
 from drgrpo import rewards
+from drgrpo.answer_cost import affordable
 from drgrpo.rewards import Grader, Verdict, answers_match, extract_answer, grade_response
 from drgrpo.templates import TEMPLATES, reference_response
 
-BOMB = "\\boxed{9^{9^{9^{9^{9}}}}}"  # sympy tries to evaluate it: minutes and gigabytes
+# Passes the cost guard (an exponent of 100 is allowed) but sympy expands it into 176,851
+# terms: minutes of CPU at a few MB/s, so only the hard time limit stops it.
+SLOW = "\\boxed{(a+b+c+d)^{100}}"
 
 # ---------------------------------------------------------------- extraction and format
 
@@ -160,6 +163,8 @@ def test_oversized_answers_are_not_parsed():
     assert not answers_match("1" + " " * rewards.MAX_ANSWER_CHARS, ["1"])
     deep = "{" * (rewards.MAX_NESTING + 1) + "1" + "}" * (rewards.MAX_NESTING + 1)
     assert not answers_match(deep, ["1"])
+    # Twice the deepest reference (4): even an answer equal to its reference is refused.
+    assert not answers_match("\\sin(" * 9 + "x" + ")" * 9, ["\\sin(" * 9 + "x" + ")" * 9])
 
 
 # ---------------------------------------------------------------- hostile input
@@ -189,13 +194,59 @@ def test_grader_agrees_with_in_process_grading(grader):
     assert sum(v.reward for v in verdicts) == 12 + 1  # the truncated copy scores 0
 
 
-def test_expression_bomb_times_out_and_is_counted(grader):
-    verdicts, elapsed = _timed(grader, [BOMB, "\\boxed{2}", BOMB], ["5", "2", "5"])
+def test_slow_answer_times_out_and_is_counted(grader):
+    verdicts, elapsed = _timed(grader, [SLOW, "\\boxed{2}", SLOW], ["5", "2", "5"])
     assert verdicts[0] == Verdict(0.0, True, timed_out=True)
     assert verdicts[1] == Verdict(1.0, True)  # the batch goes on
     assert verdicts[2] == verdicts[0]
     assert elapsed < 2.0 + 20  # the limit, plus a generous margin for a worker restart
     assert grader.grade(["\\boxed{3}"], ["3"], "no") == [Verdict(1.0, True)]  # still usable
+
+
+# Each takes sympy minutes (or a MemoryError) to evaluate exactly; none can be a reference.
+BOMBS = [
+    "9^{9^{9^{9^{9}}}}", "7^{1000000000}", "-10^{10^{8}}", "(10!)!", "(10^{10})!",
+    "\\binom{10^{10}}{10^{5}}", "1 \\times 10^{99999999}", "1e99999999", "\\log(10^{10^{10}})",
+    "\\sqrt{2}^{10^{10^{10}}}", "2^{\\frac{10^{9}}{3}}", "(x+1)^{10000}",
+    "\\int_0^{1} x^{1000000} dx", "\\prod_{i=1}^{10^{9}} i",
+    "\\begin{pmatrix}1&1\\\\1&0\\end{pmatrix}^{10^{9}}",
+]
+
+
+def test_expression_bombs_are_refused_not_timed_out():
+    # A limit far above the guard's cost, so that a busy machine cannot turn a refusal into
+    # a timeout: without the guard every one of them runs into it.
+    with Grader(num_workers=2, timeout_s=10.0) as g:
+        verdicts, elapsed = _timed(g, [f"\\boxed{{{b}}}" for b in BOMBS], ["5"] * len(BOMBS))
+    assert verdicts == [Verdict(0.0, True)] * len(BOMBS)  # wrong, and never reached the limit
+    assert elapsed < 30
+
+
+@pytest.mark.parametrize(
+    ("answer", "cheap"),
+    [
+        ("2^{1009}", True),  # the largest exact number among the references
+        ("\\frac{100!}{2^{50}}", True),
+        ("10^{100}", True),
+        ("\\binom{10^{10}}{5}", True),
+        ("2^{2^{2^{2}}}", True),  # 2^16
+        ("2^{2^{2^{2^{2}}}}", False),  # 2^65536: 65,537 bits
+        ("2.5^{10^{6}}", True),  # a float power is one mpmath operation
+        ("\\sqrt[10^{10}]{2}", True),
+        ("x^{100}", True),
+        ("x^{101}", False),
+        ("x^{n}", True),
+        ("\\sum_{i=1}^{n} i^2", True),
+        ("\\sum_{i=1}^{10^{6}} \\sin(i)", False),
+        ("1000!", True),
+        ("3000!", True),  # 30,400 bits
+        ("4000!", False),
+        ("\\Gamma(10^{10})", False),
+        ("e^{e^{e^{e^{10}}}}", True),  # symbolic: sympy never expands it
+    ],
+)
+def test_cost_guard_bounds(answer, cheap):
+    assert affordable(rewards._parse(answer)) is cheap
 
 
 def test_megabyte_responses_are_fast(grader):
@@ -286,11 +337,61 @@ def test_worker_crash_gives_a_counted_zero_and_a_new_worker():
         killer = threading.Timer(1.0, os.kill, (pid, signal.SIGKILL))
         killer.start()
         start = time.monotonic()
-        verdicts = g.grade([BOMB, "\\boxed{3}"], ["5", "3"], "qwen_math")
+        verdicts = g.grade([SLOW, "\\boxed{3}"], ["5", "3"], "qwen_math")
         killer.join()
         assert time.monotonic() - start < 30  # not the 60 s limit
         assert verdicts == [Verdict(0.0, True, crashed=True), Verdict(1.0, True)]
         assert g.worker_pids() != [pid]
+
+
+def test_a_killed_worker_is_replaced_by_the_spare_started_in_advance():
+    with Grader(num_workers=1, timeout_s=1.0) as g:
+        g.grade(["\\boxed{1}"], ["1"], "no")
+        (old,) = g.worker_pids()
+        spare = g._spare.proc.pid
+        verdicts = g.grade([SLOW, "\\boxed{3}"], ["5", "3"], "qwen_math")
+        assert verdicts == [Verdict(0.0, True, timed_out=True), Verdict(1.0, True)]
+        assert g.worker_pids() == [spare]  # no interpreter start between the kill and "3"
+        assert g._spare.proc.pid not in (old, spare)  # the next spare is on its way
+        with pytest.raises(ProcessLookupError):
+            os.kill(old, 0)  # killed and reaped
+        pids = g.worker_pids() + [g._spare.proc.pid]
+    for pid in pids:  # close() stops the spare too
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_the_limit_counts_cpu_time_not_a_busy_machine():
+    # A stopped worker gets no CPU, like one starved by busier or higher-priority processes:
+    # 3 s of waiting is not 1 s of grading, and the answer still gets its verdict.
+    with Grader(num_workers=1, timeout_s=1.0, wall_timeout_s=60.0) as g:
+        g.wait_ready()
+        (pid,) = g.worker_pids()
+        os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(3.0, os.kill, (pid, signal.SIGCONT))
+        resume.start()
+        verdicts, elapsed = _timed(g, ["\\boxed{\\frac{2}{4}}"], ["0.5"])
+        resume.join()
+        assert verdicts == [Verdict(1.0, True)]
+        assert elapsed >= 3.0 and g.worker_pids() == [pid]
+
+
+def test_the_wall_clock_still_bounds_a_worker_that_gets_no_cpu():
+    with Grader(num_workers=1, timeout_s=1.0, wall_timeout_s=2.0) as g:
+        g.wait_ready()
+        (pid,) = g.worker_pids()
+        os.kill(pid, signal.SIGSTOP)  # never resumed: killed at the wall limit
+        verdicts, elapsed = _timed(g, ["\\boxed{\\frac{2}{4}}", "\\boxed{3}"], ["0.5", "3"])
+        assert verdicts == [Verdict(0.0, True, timed_out=True), Verdict(1.0, True)]
+        assert 2.0 <= elapsed < 2.0 + 20
+    with pytest.raises(ValueError):
+        Grader(timeout_s=2.0, wall_timeout_s=1.0)
+
+
+def test_wait_ready_waits_for_the_spare_too():
+    with Grader(num_workers=2, timeout_s=5.0) as g:
+        g.wait_ready()
+        assert all(w.ready for w in g._workers + [g._spare])
 
 
 def test_grader_lifecycle():
@@ -385,10 +486,14 @@ def test_perturbed_answers_grade_wrong(benchmark, shared_data_dir, data_grader):
 
 
 @pytest.mark.parametrize("benchmark", BENCHMARKS)
-def test_unparseable_reference_answers_are_known(benchmark, shared_data_dir):
-    unparseable = set()
+def test_reference_parse_failures_are_known_and_none_is_too_costly(benchmark, shared_data_dir):
+    unparseable, costly = set(), []
     for n, answer in enumerate(_answers(shared_data_dir, benchmark), 1):
         for alt in _alternatives(answer):
-            if not rewards._parse(rewards._prepare(alt, alt)[1]):
+            parsed = rewards._parse(rewards._prepare(alt, alt)[1])
+            if not parsed:
                 unparseable.add((benchmark, n))
+            elif not affordable(parsed):
+                costly.append(alt)
     assert unparseable <= UNPARSEABLE
+    assert not costly  # the cost guard refuses no real reference

@@ -33,12 +33,17 @@ def random_samples(n=8, vocab=300, seed=0):
                    rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0])) for _ in range(n)]
 
 
-def test_weight_sync_makes_generator_match_learner(ray_local, tiny_model_path, tmp_path):
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied-embeddings"])
+def test_weight_sync_makes_generator_match_learner(ray_local, request, tmp_path, tied):
+    """After a sync the generator computes the learner's log-probs. With tied embeddings vLLM
+    reloads the shared weight through the embedding only, and on CPUs its `lm_head` kept
+    computing logits from the weights it started with (actors.weight_sync.refresh_tied_layers)."""
     from launch.cluster import Cluster
 
-    cfg = tiny_config(tiny_model_path, tmp_path, **{"cluster.num_generators": 1,
-                                                     "cluster.num_learners": 1,
-                                                     "cluster.num_reward_workers": 1})
+    model = request.getfixturevalue("tied_model_path" if tied else "tiny_model_path")
+    cfg = tiny_config(model, tmp_path, **{"cluster.num_generators": 1,
+                                           "cluster.num_learners": 1,
+                                           "cluster.num_reward_workers": 1})
     cluster = Cluster(cfg, "cpu", max_model_len=256)
     try:
         generator, learner = cluster.generators[0], cluster.learners[0]
@@ -52,7 +57,7 @@ def test_weight_sync_makes_generator_match_learner(ray_local, tiny_model_path, t
         stale = ray.get(generator.prompt_logprobs.remote(ids))
         assert stale == pytest.approx(before, abs=1e-6)  # nothing changes before a sync
 
-        sync = cluster.sync_weights()
+        sync = cluster.sync_weights(version=1)
         after = ray.get(generator.prompt_logprobs.remote(ids))
         learner_after = ray.get(learner.sequence_logprobs.remote(ids))
         assert after == pytest.approx(learner_after, abs=1e-4)
@@ -83,7 +88,7 @@ def test_every_prompt_draws_its_own_samples(ray_local, tiny_model_path, tmp_path
         assert again == groups  # reproducible
         alone = ray.get(cluster.generators[1].generate.remote(
             prompts, 3, sampling, request_seeds(sampling.seed, len(prompts))))
-        assert [[c.response_ids for c in g] for g in alone] == groups  # placement-free
+        assert [[c.response_ids for c in g] for g in alone.groups] == groups  # placement-free
     finally:
         cluster.shutdown()
 
@@ -107,17 +112,25 @@ def _train_once(cfg, samples):
         remove_placement_group(pg)
 
 
-@pytest.mark.parametrize("method", ["dr_grpo", "grpo"])
-def test_one_learner_equals_two_learners(ray_local, tiny_model_path, tmp_path, method):
-    """Same rollout, 1 vs 2 FSDP learners (2 optimizer steps, 2 micro-batches per learner):
-    same loss, same gradient norm, same updated weights.
+# The method changes the loss, not how a backend averages its gradients over ranks, so both
+# methods run on FSDP and only dr_grpo on each ZeRO stage (each case costs two learner starts).
+@pytest.mark.parametrize("strategy,stage,method", [
+    ("fsdp", 2, "dr_grpo"), ("fsdp", 2, "grpo"),
+    ("deepspeed", 2, "dr_grpo"), ("deepspeed", 3, "dr_grpo"),
+], ids=["fsdp-dr_grpo", "fsdp-grpo", "zero2-dr_grpo", "zero3-dr_grpo"])
+def test_one_learner_equals_two_learners(ray_local, tiny_model_path, tmp_path, strategy, stage,
+                                         method):
+    """Same rollout, 1 vs 2 learners (2 optimizer steps, 2 micro-batches per learner): same
+    loss, same gradient norm, same updated weights, on FSDP and on DeepSpeed ZeRO-2 (the
+    paper configs' backend) and ZeRO-3.
 
     Adam's update is invariant to a uniform gradient scale, so the weights alone could not
     reveal a missing world-size factor; the loss and the pre-clip gradient norm do.
     """
     samples = random_samples(n=16)
     common = {"algorithm.method": method, "learner.train_batch_size": 8,
-              "learner.grad_clip": 1e6}
+              "learner.grad_clip": 1e6, "learner.strategy": strategy,
+              "learner.zero_stage": stage}
     (one_stats,), one = _train_once(tiny_config(tiny_model_path, tmp_path, **common,
                                                 **{"cluster.num_learners": 1}), samples)
     two_stats, two = _train_once(tiny_config(tiny_model_path, tmp_path, **common,
@@ -134,4 +147,53 @@ def test_one_learner_equals_two_learners(ray_local, tiny_model_path, tmp_path, m
         assert update_one.norm() > 0, name
         # Relative, because Adam's first step is ~lr * sign(g): an element whose gradient is
         # rounding noise may move either way; a real weighting bug moves whole tensors.
+        assert (update_one - update_two).norm() / update_one.norm() < 1e-3, name
+
+
+def test_one_learner_equals_two_learners_under_token_budget(ray_local, tiny_model_path,
+                                                            tmp_path):
+    """The same equality with micro-batches packed under a token budget, which makes every
+    layout differ: one learner and two group different rows, and the two ranks run different
+    numbers of passes, in training and in the old-log-prob pass of the second optimizer step
+    (so the None passes that keep their collectives aligned are exercised); zero-advantage
+    responses are skipped first. Each learner reports the padding of the passes it ran."""
+    from drgrpo.batching import micro_batches, padded_positions
+
+    samples, budget = random_samples(n=16), 16
+    common = {"algorithm.method": "grpo", "learner.train_batch_size": 8,
+              "learner.grad_clip": 1e6, "learner.max_tokens_per_micro_batch": budget}
+
+    def passes(learners):  # [rank][step] micro-batches of the active (non-zero) responses
+        plan = plan_steps(samples, 8, learners, seed=0)
+        active = [[[s for s in step if s.advantage != 0] for step in rank] for rank in plan]
+        return [[[[step[i] for i in mb] for mb in micro_batches(step, 2, budget)]
+                 for step in rank] for rank in active]
+
+    def groups(layout):
+        return {frozenset(map(id, mb)) for rank in layout for step in rank for mb in step}
+
+    two_layout = passes(2)
+    # The premise: the ranks' pass counts differ in the second step (trained, and whose old
+    # log-probs are computed up front), and one learner groups other rows than the two do.
+    assert len(two_layout[0][1]) != len(two_layout[1][1])
+    assert groups(passes(1)) != groups(two_layout)
+
+    (one_stats,), one = _train_once(tiny_config(tiny_model_path, tmp_path, **common,
+                                                **{"cluster.num_learners": 1}), samples)
+    two_stats, two = _train_once(tiny_config(tiny_model_path, tmp_path, **common,
+                                             **{"cluster.num_learners": 2}), samples)
+    assert one_stats["loss"] == pytest.approx(sum(s["loss"] for s in two_stats), rel=1e-5)
+    assert one_stats["grad_norm"] == pytest.approx(two_stats[0]["grad_norm"], rel=1e-5)
+    assert one_stats["grad_norm"] > 0
+    for stats, layout in zip(two_stats, two_layout):
+        ran = [padded_positions(mb) for step in layout for mb in step]
+        assert (stats["padded_positions"], stats["positions"]) == (
+            sum(p for p, _ in ran), sum(t for _, t in ran))
+
+    from transformers import AutoModelForCausalLM
+
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    for name in one:
+        update_one, update_two = one[name] - initial[name], two[name] - initial[name]
+        assert update_one.norm() > 0, name
         assert (update_one - update_two).norm() / update_one.norm() < 1e-3, name

@@ -16,7 +16,7 @@ REQUIRED_KEYS = [
     "step", "reward/mean", "accuracy", "response_length/mean", "response_length/correct_mean",
     "response_length/incorrect_mean", "loss", "grad_norm", "clip_fraction", "time/step_s",
     "time/generate_s", "time/reward_s", "time/train_s", "time/weight_sync_s", "tokens_per_s",
-    "response/truncated_fraction", "reward/timeouts",
+    "response/truncated_fraction", "reward/timeouts", "learner/padding_fraction",
 ]
 
 
@@ -61,6 +61,23 @@ def tensorboard_scalars(out: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+def assert_loads_as_saved(model_dir: Path, dtype: str) -> None:
+    """A checkpoint's model is what a user expects to load: its tensors are in the run's
+    model.dtype, config.json says so (transformers loads in the config's dtype by default)
+    and says use_cache true, as does generation_config.json (the learner trains without a KV
+    cache; whoever loads a checkpoint generates)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(name).dtype for name in f.keys()} == {getattr(torch, dtype)}
+    config = json.loads((model_dir / "config.json").read_text())
+    assert (config["dtype"], config["use_cache"]) == (dtype, True)
+    assert json.loads((model_dir / "generation_config.json").read_text()).get("use_cache", True)
+    assert AutoModelForCausalLM.from_pretrained(model_dir).dtype == getattr(torch, dtype)
+
+
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
 def test_train_three_steps(workdir, strategy):
     out = workdir / f"run-{strategy}"
@@ -75,7 +92,18 @@ def test_train_three_steps(workdir, strategy):
         missing = [k for k in REQUIRED_KEYS if k not in record]
         assert not missing, missing
         assert record["time/weight_sync_s"] > 0 and record["weight_sync/bytes"] > 0
+        parts = [record[f"weight_sync/{k}"] for k in ("gather_s", "pack_s", "send_s",
+                                                       "receive_s", "load_s", "cache_reset_s")]
+        assert all(p >= 0 for p in parts) and sum(parts) > 0
+        # The phases follow each other on the run's clock, in the loop's order.
+        spans = [record["timeline"][p] for p in ("generate", "reward", "train", "weight_sync")]
+        assert all(a <= b for a, b in spans) and all(
+            spans[i][1] <= spans[i + 1][0] for i in range(3)), spans
     assert "eval/arith/accuracy" in read_metrics(out)[0]  # step-0 evaluation
+    timeline = subprocess.run([sys.executable, "-m", "launch.timeline", str(out)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert timeline.returncode == 0, timeline.stderr
+    assert (out / "timeline.png").stat().st_size > 10_000
     reward = tensorboard_scalars(out, "reward/mean")
     assert [s for s, _ in reward] == [1, 2, 3]
     assert [v for _, v in reward] == pytest.approx([r["reward/mean"] for r in steps])
@@ -86,29 +114,98 @@ def test_train_three_steps(workdir, strategy):
     # Checkpoints: complete folders only, Hugging Face format, loadable by transformers.
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step_000002", "step_000003"]
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     final = out / "checkpoints" / "step_000003"
-    AutoModelForCausalLM.from_pretrained(final / "model")
+    assert_loads_as_saved(final / "model", "float32")
     AutoTokenizer.from_pretrained(final / "model")
     assert json.loads((final / "trainer_state.json").read_text())["step"] == 3
 
 
-def test_resume_auto_continues_from_latest_checkpoint(workdir):
-    """Continue the FSDP run to step 4: the generators load the saved checkpoint in vLLM, the
-    learners restore optimizer state, and metrics.jsonl and TensorBoard hold each step once."""
-    out = workdir / "run-fsdp"
-    if not (out / "checkpoints" / "step_000003").is_dir():
-        pytest.skip("needs test_train_three_steps[fsdp] first")
-    # A crash mid-save leaves a .tmp folder: it must be ignored, not resumed from.
-    (out / "checkpoints" / "step_000009.tmp").mkdir()
-    proc = run_train("--config", str(workdir / "cpu.yaml"), "--trainer.output_dir", str(out),
-                     "--trainer.max_steps", "4", "--trainer.resume", "auto")
+@pytest.fixture(scope="module")
+def answering_run(workdir, tied_model_path):
+    """Flags for a run that really trains: tied embeddings (as the demo's SmolLM2), training
+    and checkpoints in bfloat16 (as the paper's runs) but generation in float32, so a
+    checkpoint holds the weights less precisely than the generators use them, and a tiny
+    model taught to answer `\\boxed{2|3|4}` at random on sums that make 2, 3 or 4, so most
+    groups mix right and wrong answers. The workdir's model scores 0 on everything: its
+    advantages are all 0 and its weights never change."""
+    from drgrpo.tiny import teach_boxed_answers
+
+    sums = [(1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (2, 2)]
+    data = workdir / "sums.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"What is {a} + {b}?", "answer": str(a + b)})
+                            + "\n" for a, b in sums))
+    model = teach_boxed_answers(tied_model_path, workdir / "tiny-answering",
+                                [f"What is {a} + {b}?" for a, b in sums], ["2", "3", "4"])
+    return ["--model.path", str(model), "--model.dtype", "bfloat16",
+            "--model.generation_dtype", "float32", "--data.train_path", str(data),
+            "--learner.lr", "1e-3", "--trainer.save_every", "1"]
+
+
+def untimed(record: dict) -> dict:
+    """A metrics record without its clock readings (`time/*`, `weight_sync/*_s`,
+    `tokens_per_s`, `timeline`), which differ between any two runs."""
+    return {k: v for k, v in record.items()
+            if not (k.startswith("time/") or k.endswith("_s") or k == "timeline")}
+
+
+def test_resume_is_exact(workdir, answering_run):
+    """Stopped after its step-1 checkpoint and resumed with `--trainer.resume auto`, a run logs
+    exactly what an uninterrupted one does (CPU runs are deterministic), at both later steps:
+    step 2 samples from the weights the resumed learners restored (the checkpoint's model
+    holds them in bfloat16, the generators sample in float32), step 3 from weights they
+    trained and synced, which is where state lost in the restart shows (optimizer state, or
+    a generator keeping part of the model it started from:
+    actors.weight_sync.refresh_tied_layers). Each step is logged once, and a `.tmp` folder
+    (a crash mid-save) is not resumed from."""
+    whole, parts = workdir / "resume-whole", workdir / "resume-parts"
+    for out, steps in ((whole, "3"), (parts, "1")):
+        proc = small_run(workdir, out, *answering_run, "--trainer.max_steps", steps)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    (parts / "checkpoints" / "step_000009.tmp").mkdir()
+    proc = small_run(workdir, parts, *answering_run, "--trainer.max_steps", "3",
+                     "--trainer.resume", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = [r["step"] for r in read_metrics(out) if "reward/mean" in r]
-    assert steps == [1, 2, 3, 4]
-    assert [s for s, _ in tensorboard_scalars(out, "reward/mean")] == [1, 2, 3, 4]
-    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+    expected, resumed = read_metrics(whole), read_metrics(parts)
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert all(r["grad_norm"] > 0 for r in expected), expected  # every step trains
+    assert [untimed(r) for r in resumed] == [untimed(r) for r in expected]
+    assert [s for s, _ in tensorboard_scalars(parts, "reward/mean")] == [1, 2, 3]
+    assert json.loads((parts / "summary.json").read_text())["steps"] == 3
+    assert_loads_as_saved(parts / "checkpoints" / "step_000003" / "model", "bfloat16")
+    # rollout.max_staleness 0 (the default) is the synchronous loop: each rollout is sampled
+    # after the previous step's weights reached the generators, by those very weights.
+    assert all(r["staleness/max"] == 0 for r in expected)
+    for before, after in zip(expected, expected[1:]):
+        assert after["timeline"]["generate"][0] >= before["timeline"]["weight_sync"][1]
+
+
+def test_asynchronous_run_is_bounded_overlaps_and_resumes_exactly(workdir, answering_run):
+    """rollout.max_staleness 1: the generators sample step s+1 while the learners train step
+    s, so a trained response comes from weights at most one update old; importance weights
+    correct for it. The rollout in flight at a checkpoint is kept with it, so a resumed run
+    trains on the very responses the uninterrupted one did and logs the same metrics."""
+    flags = [*answering_run, "--rollout.max_staleness", "1", "--algorithm.tis_cap", "2",
+             "--trainer.max_steps", "3"]
+    whole, resumed_dir = workdir / "async-whole", workdir / "async-resumed"
+    proc = small_run(workdir, whole, *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # As after a crash: restart from the checkpoint the run wrote at step 1, while step 2's
+    # rollout was being sampled by the weights before step 1's update.
+    checkpoint = whole / "checkpoints" / "step_000001"
+    assert (checkpoint / "rollouts.json").is_file()
+    proc = small_run(workdir, resumed_dir, *flags, "--trainer.resume", str(checkpoint))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    expected, resumed = read_metrics(whole), read_metrics(resumed_dir)
+    assert [r["staleness/max"] for r in expected] == [0, 1, 1]
+    assert all(r["grad_norm"] > 0 and 0 < r["tis/mean_weight"] <= 2 for r in expected)
+    assert [r["step"] for r in resumed] == [2, 3]
+    assert [untimed(r) for r in resumed] == [untimed(r) for r in expected[1:]]
+    for before, after in zip(expected, expected[1:]):  # step s+1 sampled while s trains
+        assert after["timeline"]["generate"][0] < before["timeline"]["train"][1]
 
 
 @pytest.mark.parametrize("case,flags,expected,lines", [
