@@ -32,14 +32,17 @@ PHASES = {
 }
 
 
-def project_run(prompts_per_step: int, steps: int, overrides: tuple[str, ...] = ()) -> dict:
-    """{"settings", "steps": [one record per policy step], "load_avg"}; run once per suite."""
+def project_run(prompts_per_step: int, steps: int, overrides: tuple[str, ...] = (),
+                timeline: bool = True) -> dict:
+    """{"settings", "steps": [one record per policy step], "load_avg"}; run once per suite.
+    `timeline` False skips Ray's timeline (no actor_* times): an asynchronous run's actor
+    calls overlap, so they are not one per phase of a step."""
     tag = hashlib.blake2b(repr(overrides).encode(), digest_size=4).hexdigest()
     folder = work_dir() / f"project_p{prompts_per_step}_s{steps}_{tag}"
     done = folder / "bench.json"
     if not done.is_file():
         spec = {"prompts_per_step": prompts_per_step, "steps": steps, "overrides": overrides,
-                "folder": str(folder)}
+                "folder": str(folder), "timeline": timeline}
         result = child(["-m", "benchmarks.project_runs", "--child", json.dumps(spec)])
         done.write_text(json.dumps(result, indent=2))
     return json.loads(done.read_text())
@@ -59,8 +62,10 @@ def measure(spec: dict) -> dict:
     before = load_avg()
     train(cfg)
     after = load_avg()
-    time.sleep(2)  # actors report task events to Ray's GCS once a second
-    calls = actor_calls(ray.timeline())
+    calls = {}
+    if spec.get("timeline", True):
+        time.sleep(2)  # actors report task events to Ray's GCS once a second
+        calls = actor_calls(ray.timeline())
     ray.shutdown()
     shutil.rmtree(folder / "run" / "checkpoints", ignore_errors=True)  # ~1.6 GB, not needed
     metrics = [json.loads(line) for line in
@@ -73,9 +78,16 @@ def measure(spec: dict) -> dict:
     for k, m in enumerate(metrics):
         record = {"step": m["step"], "step_s": m["time/step_s"],
                   "tokens_per_s": m["tokens_per_s"], "reward_mean": m["reward/mean"],
-                  "response_tokens_mean": m["response_length/mean"]}
+                  "response_tokens_mean": m["response_length/mean"],
+                  # The asynchronous pipeline's figures (issue 11) and the weight sync's parts.
+                  **{key.removeprefix("time/"): m[key] for key in
+                     ("time/generator_wait_s", "time/learner_wait_s") if key in m},
+                  **{key: m[key] for key in ("staleness/mean", "staleness/max") if key in m},
+                  **{key: v for key, v in m.items() if key.startswith("weight_sync/")}}
         for phase, methods in PHASES.items():
             record[f"{phase}_s"] = m[f"time/{phase}_s"]
+            if not calls:
+                continue
             # Several actors of one phase run at once: the phase's actor time is their union.
             spans = [calls[method][k] for method in methods]
             record[f"actor_{phase}_s"] = (max(e for _, e in spans) - min(s for s, _ in spans))
@@ -85,7 +97,12 @@ def measure(spec: dict) -> dict:
                          "max_new_tokens": cfg.rollout.max_new_tokens,
                          "train_batch_size": cfg.learner.train_batch_size,
                          "micro_batch_size": cfg.learner.micro_batch_size,
-                         "dtype": cfg.model.dtype, "overrides": list(spec["overrides"])},
+                         "dtype": cfg.model.dtype,
+                         "generation_dtype": cfg.model.rollout_dtype,
+                         "max_staleness": cfg.rollout.max_staleness,
+                         "generator_cores": cfg.cluster.generator_cores,
+                         "learner_cores": cfg.cluster.learner_cores,
+                         "overrides": list(spec["overrides"])},
             "steps": steps, "load_avg": {"before": before, "after": after}}
 
 
