@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--output is required")
     names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else PARTS
     check_parts(names)
+    names = [n for n in PARTS if n in names]  # PARTS order: a part reads runs an earlier made
     args.output.mkdir(parents=True, exist_ok=True)
     # Runs one part leaves for another (benchmarks/project_runs.py) and each part's log: never
     # carried over from an earlier suite run into this one's figures.
