@@ -75,9 +75,9 @@ class Actor:
 
         from drgrpo.seeds import request_seeds
 
-        groups = ray.get(self.gen.generate.remote(prompts, n, sampling,
-                                                  request_seeds(sampling.seed, len(prompts))))
-        return [len(c.response_ids) for g in groups for c in g]
+        generated = ray.get(self.gen.generate.remote(prompts, n, sampling,
+                                                     request_seeds(sampling.seed, len(prompts))))
+        return [len(c.response_ids) for g in generated.groups for c in g]
 
 
 class Vllm:
