@@ -78,8 +78,9 @@ def measure(spec: dict) -> dict:
             for step in range(1, steps + 1) for p in run.prompts_for_step(step)]
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     eos = tokenizer.eos_token_id
-    # The reward pool's grader, as its Ray workers hold it: one grading process, 10 s a response.
-    grader = Grader(num_workers=1, timeout_s=10.0)
+    # The reward pool's grader, as its Ray workers hold it: one grading process, the project's
+    # per-answer limit (cluster.reward_timeout_s).
+    grader = Grader(num_workers=1, timeout_s=cfg.cluster.reward_timeout_s)
 
     def correct_answer(completions, answer, completion_ids, **_):
         # As in the project, a response cut at max_completion_length (no EOS) scores 0.
