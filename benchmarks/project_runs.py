@@ -26,7 +26,8 @@ from benchmarks.common import child, demo_config, load_avg, work_dir
 # The actor calls of each phase of a step (launch/cluster.py), as Ray's timeline names them.
 PHASES = {
     "generate": ("GeneratorActor.generate",),
-    "reward": ("RewardWorkerActor.grade",),
+    # Many calls a step: the pool hands small chunks to whichever worker is free.
+    "reward": ("RewardWorkerActor.judge",),
     "train": ("LearnerActor.train",),
     "weight_sync": ("LearnerActor.send_weights", "GeneratorActor.receive_weights"),
 }
@@ -70,10 +71,8 @@ def measure(spec: dict) -> dict:
     shutil.rmtree(folder / "run" / "checkpoints", ignore_errors=True)  # ~1.6 GB, not needed
     metrics = [json.loads(line) for line in
                (folder / "run" / "metrics.jsonl").read_text().splitlines() if line]
-    for method, spans in calls.items():
-        if len(spans) != len(metrics):
-            raise RuntimeError(f"Ray's timeline has {len(spans)} {method} calls for "
-                               f"{len(metrics)} steps")
+    if calls:
+        calls = per_step(calls, len(metrics))
     steps = []
     for k, m in enumerate(metrics):
         record = {"step": m["step"], "step_s": m["time/step_s"],
@@ -88,8 +87,8 @@ def measure(spec: dict) -> dict:
             record[f"{phase}_s"] = m[f"time/{phase}_s"]
             if not calls:
                 continue
-            # Several actors of one phase run at once: the phase's actor time is their union.
-            spans = [calls[method][k] for method in methods]
+            # Several actors (or calls) of one phase run at once: its actor time is their union.
+            spans = [span for method in methods for span in calls[method][k]]
             record[f"actor_{phase}_s"] = (max(e for _, e in spans) - min(s for s, _ in spans))
         steps.append(record)
     return {"settings": {"prompts_per_step": cfg.rollout.prompts_per_step,
@@ -104,6 +103,29 @@ def measure(spec: dict) -> dict:
                          "learner_cores": cfg.cluster.learner_cores,
                          "overrides": list(spec["overrides"])},
             "steps": steps, "load_avg": {"before": before, "after": after}}
+
+
+def per_step(calls: dict[str, list[tuple[float, float]]], steps: int) -> dict[str, list[list]]:
+    """{method: [the spans of its calls in step k, for each k]}. Every method but the
+    grader's is called once a step; the grader's calls of step k are the ones between the
+    end of step k's generation and the start of its training (a synchronous run's phases
+    follow each other)."""
+    out = {}
+    for method, spans in calls.items():
+        if method in PHASES["reward"]:
+            continue
+        if len(spans) != steps:
+            raise RuntimeError(f"Ray's timeline has {len(spans)} {method} calls for {steps} steps")
+        out[method] = [[span] for span in spans]
+    (generate,), (train,) = PHASES["generate"], PHASES["train"]
+    for method in PHASES["reward"]:
+        out[method] = [[span for span in calls[method]
+                        if gen[0][1] <= span[0] and span[1] <= tr[0][0]]
+                       for gen, tr in zip(out[generate], out[train])]
+        missing = [k + 1 for k, spans in enumerate(out[method]) if not spans]
+        if missing:
+            raise RuntimeError(f"Ray's timeline has no {method} calls in step(s) {missing}")
+    return out
 
 
 def actor_calls(events: list[dict]) -> dict[str, list[tuple[float, float]]]:
