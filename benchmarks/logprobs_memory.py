@@ -4,7 +4,8 @@
 
 Each variant runs forward + backward in a fresh process; the figure is the growth of the
 process's peak resident memory over its baseline (CPU), or torch's peak allocation (CUDA).
-Both variants share the same weights, inputs and hidden states.
+Both variants share the same weights, inputs and hidden states. `run(quick)` is the
+`logprobs_memory` part of the benchmark suite (benchmarks/run.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import sys
 import time
 
 VOCAB = 152_064
+FULL = {"batch": 2, "seq": 2048, "hidden": 896}  # Qwen2.5-0.5B's width
+# The logits' size, not the width, sets the peaks; two chunks (1024 + 511 rows) keep chunking
+# at work, at a third of the full size's logits.
+QUICK = {"batch": 1, "seq": 1536, "hidden": 64}
+TARGET = 0.25  # issue 10: chunked peak <= 0.25 x naive
 
 
-def run(variant: str, lm, ids, chunk_size: int):
+def logprobs(variant: str, lm, ids, chunk_size: int):
     from drgrpo.algorithm import naive_token_logprobs, token_logprobs
 
     if variant == "chunked":
@@ -50,7 +56,7 @@ def measure(variant: str, batch: int, seq: int, hidden: int, device: str,
     lm = LM().to(device)
     ids = torch.randint(0, VOCAB, (batch, seq), device=device)
     if device == "cuda":  # one untimed pass first: CUDA's lazy set-up is not the variant's cost
-        run(variant, lm, ids, chunk_size).sum().backward()
+        logprobs(variant, lm, ids, chunk_size).sum().backward()
         lm.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -58,7 +64,7 @@ def measure(variant: str, batch: int, seq: int, hidden: int, device: str,
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
-    run(variant, lm, ids, chunk_size).sum().backward()
+    logprobs(variant, lm, ids, chunk_size).sum().backward()
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
@@ -68,11 +74,52 @@ def measure(variant: str, batch: int, seq: int, hidden: int, device: str,
             "seconds": time.perf_counter() - start}
 
 
+def compare(batch: int, seq: int, hidden: int, device: str = "cpu",
+            chunk_size: int | None = None) -> dict:
+    """Both variants, each in a fresh process: {variant: {"peak_extra_gb", "seconds"}}.
+    `chunk_size` None: the project's own (drgrpo.algorithm sizes chunks by bytes)."""
+    results = {}
+    for variant in ("naive", "chunked"):
+        chunk = [f"--chunk-size={chunk_size}"] if chunk_size else []
+        proc = subprocess.run([sys.executable, __file__, "--variant", variant, f"--batch={batch}",
+                               f"--seq={seq}", f"--hidden={hidden}", f"--device={device}",
+                               *chunk],
+                              capture_output=True, text=True, check=True)
+        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def run(quick: bool) -> dict:
+    """The suite's part: peak memory of chunked vs naive at the FULL (or QUICK) size."""
+    from benchmarks.common import target
+
+    size = QUICK if quick else FULL
+    r = compare(**size)
+    ratio = r["chunked"]["peak_extra_gb"] / max(r["naive"]["peak_extra_gb"], 1e-9)
+    return {
+        "name": "logprobs_memory",
+        "figures": {"chunked_peak_extra_gib": r["chunked"]["peak_extra_gb"],
+                    "chunked_seconds": r["chunked"]["seconds"], **size, "vocab": VOCAB,
+                    "logits_fp32_gib": size["batch"] * (size["seq"] - 1) * VOCAB * 4 / 2**30},
+        "baseline": {"naive_peak_extra_gib": r["naive"]["peak_extra_gb"],
+                     "naive_seconds": r["naive"]["seconds"]},
+        "ratios": {"chunked_vs_naive_peak": ratio,
+                   "chunked_vs_naive_seconds": r["chunked"]["seconds"] / r["naive"]["seconds"]},
+        "targets": {"chunked_vs_naive_peak": target(ratio, "<=", TARGET)},
+        "notes": [f"forward + backward of batch {size['batch']} x seq {size['seq']} token "
+                  f"log-probs at vocabulary {VOCAB}, hidden {size['hidden']}, the project's "
+                  "chunks (160 MiB of float32 logits each); peak = growth of the process's max RSS over its baseline, each variant "
+                  "in a fresh process"]
+                 + (["--quick measures a smaller size than the target is set for "
+                     f"({FULL}); its ratio is a smoke figure"] if quick else []),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--hidden", type=int, default=896)  # Qwen2.5-0.5B's width
+    parser.add_argument("--batch", type=int, default=FULL["batch"])
+    parser.add_argument("--seq", type=int, default=FULL["seq"])
+    parser.add_argument("--hidden", type=int, default=FULL["hidden"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunk-size", type=int, help="rows per chunk (default: the project's)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -85,19 +132,12 @@ def main() -> None:
     full = args.batch * (args.seq - 1) * VOCAB * 4 / 2**30
     print(f"batch {args.batch} x seq {args.seq} x vocab {VOCAB}: one float32 copy of the "
           f"logits is {full:.2f} GiB")
-    results = {}
-    for variant in ("naive", "chunked"):
-        proc = subprocess.run([sys.executable, __file__, "--variant", variant,
-                               *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                                 if k != "variant" and v is not None]],
-                              capture_output=True, text=True, check=True)
-        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-        r = results[variant]
+    results = compare(args.batch, args.seq, args.hidden, args.device, args.chunk_size)
+    for variant, r in results.items():
         print(f"{variant:>8}: peak +{r['peak_extra_gb']:.2f} GiB, {r['seconds']:.2f} s "
               "(forward + backward)")
     ratio = results["naive"]["peak_extra_gb"] / max(results["chunked"]["peak_extra_gb"], 1e-9)
     print(f"naive / chunked peak memory: {ratio:.1f}x")
-
 
 if __name__ == "__main__":
     main()

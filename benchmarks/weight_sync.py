@@ -1,0 +1,147 @@
+"""Weight sync: the project's bucketed sync vs one raw gloo broadcast of the same bytes.
+
+    python -m benchmarks.weight_sync [--quick]
+
+The project's figures come from a training run of the demo (benchmarks/project_runs.py; the
+`step` part's own run when the suite ran it first): every step's metrics.jsonl has the sync's
+bytes and its parts, timed where they happen (launch.cluster.Cluster.sync_weights): on learner
+0 gathering the full parameters, packing them into buckets and broadcasting them (send); on the
+slowest generator receiving them, loading them into vLLM (`reload_weights` and its
+re-processing of layers) and resetting the prefix cache; the whole is the driver's
+time/weight_sync_s. The baseline is what the wire alone costs: two local processes in one gloo
+group (torch.distributed, as the sync's group is), rank 0 broadcasting one flat tensor of the
+same number of bytes to rank 1, already allocated on both sides; its time is the slower rank's,
+median over rounds after an untimed one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT, load_avg, median, target
+from benchmarks.project_runs import project_run
+from benchmarks.step import PRECISIONS, PROMPTS, project_steps
+
+TARGET = 1.5  # issue 10: the project's sync <= 1.5 x one raw broadcast of the same bytes
+PARTS = ("gather", "pack", "send", "receive", "load", "cache_reset")
+
+
+def raw_broadcast(nbytes: int, rounds: int) -> dict:
+    """One flat uint8 tensor of `nbytes`, rank 0 -> rank 1 over gloo, in two fresh processes:
+    {"seconds_median", "seconds": [per round, the slower rank's]}."""
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outs = [Path(os.environ.get("TMPDIR", "/tmp")) / f"drgrpo-bcast-{os.getpid()}-{r}.json"
+            for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.weight_sync", "--rank", str(r),
+                               "--port", str(port), "--bytes", str(nbytes),
+                               "--rounds", str(rounds), "--result", str(outs[r])],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for r in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError("raw broadcast failed: " + "\n".join(log[-2000:] for log in logs))
+    per_rank = [json.loads(o.read_text()) for o in outs]
+    for o in outs:
+        o.unlink()
+    seconds = [max(a, b) for a, b in zip(per_rank[0], per_rank[1])]
+    return {"seconds_median": median(seconds), "seconds": seconds}
+
+
+def broadcast_rank(rank: int, port: int, nbytes: int, rounds: int) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    flat = (torch.ones if rank == 0 else torch.zeros)(nbytes, dtype=torch.uint8)
+    seconds = []
+    for i in range(rounds + 1):  # the first round is untimed: gloo sets up its pairs in it
+        dist.barrier()
+        start = time.perf_counter()
+        dist.broadcast(flat, src=0)
+        if i:
+            seconds.append(time.perf_counter() - start)
+    if rank == 1 and not bool(flat.all()):
+        raise RuntimeError("the broadcast did not arrive")
+    dist.destroy_process_group()
+    return seconds
+
+
+def summary(steps: list[dict]) -> dict:
+    """Medians over the steps after the warm-up one: the sync's time, bytes and parts."""
+    timed = [s for s in steps[1:] if "weight_sync/bytes" in s]
+    if not timed:
+        raise RuntimeError("the project's metrics.jsonl has no weight_sync/* figures")
+    out = {"sync_s_median": median([s["weight_sync_s"] for s in timed]),
+           "bytes": timed[0]["weight_sync/bytes"], "timed_steps": len(timed)}
+    for part in PARTS:
+        out[f"{part}_s_median"] = median([s[f"weight_sync/{part}_s"] for s in timed])
+    out["gb_per_s"] = out["bytes"] / out["sync_s_median"] / 1e9
+    return out
+
+
+def run(quick: bool) -> dict:
+    precision, sides = "float32", PRECISIONS["float32"]
+    mine = project_run(PROMPTS, project_steps(quick), sides["project"])
+    figures = summary(mine["steps"])
+    figures["load_avg_before_after"] = [mine["load_avg"]["before"][0],
+                                        mine["load_avg"]["after"][0]]
+    before = load_avg()
+    raw = raw_broadcast(figures["bytes"], 3 if quick else 10)
+    baseline = {"raw_broadcast_s_median": raw["seconds_median"],
+                "gb_per_s": figures["bytes"] / raw["seconds_median"] / 1e9,
+                "rounds": len(raw["seconds"]),
+                "load_avg_before_after": [before[0], load_avg()[0]]}
+    ratio = figures["sync_s_median"] / raw["seconds_median"]
+    return {
+        "name": "weight_sync",
+        "figures": {precision: figures},
+        "baseline": {precision: baseline},
+        "ratios": {f"sync_vs_raw_broadcast_{precision}": ratio,
+                   f"send_vs_raw_broadcast_{precision}":
+                       figures["send_s_median"] / raw["seconds_median"]},
+        "targets": {f"sync_vs_raw_broadcast_{precision}": target(ratio, "<=", TARGET)},
+        "notes": [
+            f"figures = the project's sync in a demo training run ({mine['settings']['dtype']} "
+            f"learner, weights sent as {mine['settings']['generation_dtype']}), medians over "
+            f"{figures['timed_steps']} steps after a warm-up; sync_s = the driver's "
+            "time/weight_sync_s; gather, pack and send (the broadcasts) on learner 0; "
+            "receive, load (vLLM reload_weights) and cache_reset on the slowest generator",
+            "baseline = one dist.broadcast of a flat uint8 tensor of the same bytes between two "
+            f"fresh local processes over gloo, median of {len(raw['seconds'])} rounds after an "
+            "untimed one, the slower rank's time",
+            "send_vs_raw_broadcast: the project's broadcasts alone (its buckets, Ray actors, "
+            "vLLM's worker receiving) against the raw one",
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.weight_sync",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rank is not None:
+        args.result.write_text(json.dumps(broadcast_rank(args.rank, args.port, args.bytes,
+                                                         args.rounds)))
+        return 0
+    print(json.dumps(run(args.quick), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
