@@ -18,7 +18,7 @@ import sys
 
 from benchmarks.common import median, target, work_dir
 from benchmarks.project_runs import PHASES, project_run
-from benchmarks.step import PRECISIONS, PROMPTS, project_steps
+from benchmarks.step import PROMPTS, precisions, project_steps
 
 TARGET = 0.05  # issue 10: overhead <= 5% of the step
 
@@ -41,7 +41,7 @@ def overhead(steps: list[dict]) -> dict:
 
 def run(quick: bool) -> dict:
     figures, targets = {}, {}
-    for precision, sides in PRECISIONS.items():
+    for precision, sides in precisions(quick).items():
         base = project_run(PROMPTS, project_steps(quick), sides["project"])
         figures[precision] = overhead(base["steps"])
         targets[f"overhead_share_{precision}"] = target(figures[precision]["share_median"],

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, load_avg, median, target
 from benchmarks.project_runs import project_run
-from benchmarks.step import PRECISIONS, PROMPTS, project_steps
+from benchmarks.step import PROMPTS, precisions, project_steps
 
 TARGET = 1.5  # issue 10: the project's sync <= 1.5 x one raw broadcast of the same bytes
 PARTS = ("gather", "pack", "send", "receive", "load", "cache_reset")
@@ -90,7 +90,7 @@ def summary(steps: list[dict]) -> dict:
 
 
 def run(quick: bool) -> dict:
-    precision, sides = "float32", PRECISIONS["float32"]
+    precision, sides = next(iter(precisions(quick).items()))  # bfloat16: the demo's setting
     mine = project_run(PROMPTS, project_steps(quick), sides["project"])
     figures = summary(mine["steps"])
     figures["load_avg_before_after"] = [mine["load_avg"]["before"][0],
