@@ -7,6 +7,7 @@ built offline by `launch.demo.prepare_assets` into ~/.cache/drgrpo/demo as `make
 
 from __future__ import annotations
 
+import argparse
 import json
 import operator
 import os
@@ -67,3 +68,11 @@ def child(args: list[str], env: dict | None = None, timeout_s: float | None = No
             raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): "
                                f"{proc.stdout[-4000:]}")
         return json.loads(out.read_text())
+
+
+def part_main(run, module: str, doc: str, argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.<part> [--quick]`: one part alone, its result printed as JSON."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    print(json.dumps(run(parser.parse_args(argv).quick), indent=2))
+    return 0

@@ -12,11 +12,10 @@ overhead is the driver's time in each phase beyond its actors'.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from benchmarks.common import median, target, work_dir
+from benchmarks.common import median, part_main, target, work_dir
 from benchmarks.project_runs import PHASES, project_run
 from benchmarks.step import PROMPTS, precisions, project_steps
 
@@ -65,11 +64,7 @@ def run(quick: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    print(json.dumps(run(parser.parse_args(argv).quick), indent=2))
-    return 0
+    return part_main(run, "benchmarks.overhead", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ trains on a rollout sampled during the step before it with nothing left to sampl
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from benchmarks.common import median, target
+from benchmarks.common import median, part_main, target
 from benchmarks.project_runs import project_run
 
 TARGET = 0.65  # issue 11: asynchronous step <= 0.65 x synchronous step
@@ -81,11 +79,7 @@ def run(quick: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.overlap",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    print(json.dumps(run(parser.parse_args(argv).quick), indent=2))
-    return 0
+    return part_main(run, "benchmarks.overlap", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ in the paper's runs), so the cost's growth is visible.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from benchmarks.common import median, target
+from benchmarks.common import median, part_main, target
 from benchmarks.project_runs import project_run
 from benchmarks.trl_grpo import trl_run
 
@@ -126,11 +124,7 @@ def last_error(output: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.step",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    print(json.dumps(run(parser.parse_args(argv).quick), indent=2))
-    return 0
+    return part_main(run, "benchmarks.step", __doc__, argv)
 
 
 if __name__ == "__main__":
