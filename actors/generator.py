@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import ray
 
 from actors.engine_log import explain_engine_errors
-from actors.engine_watch import EngineWatch
 from actors.placement import start_record
 
 # vLLM-CPU sizes its KV cache from this when no GPU memory fraction applies; tiny models and
@@ -101,6 +100,8 @@ class GeneratorActor:
                 logprobs_mode="processed_logprobs",
                 **memory,
             )
+        from actors.engine_watch import EngineWatch  # imports vLLM: in the actor, not the driver
+
         self.engine = EngineWatch(self.llm)  # calls fail fast once its engine core died
         self.tokenizer = self.llm.get_tokenizer()
         self.version = version  # the weight update `model_path` holds (a checkpoint's step)
