@@ -132,9 +132,9 @@ class Part:
 @dataclass
 class PendingGeneration:
     """Generate calls in flight, one per generator; `result()` waits for all of them. With a
-    `cluster` that recovers (`Cluster`), a part whose generator died, raised or did not answer
-    within `timeout_s` is sampled again, with its own seeds, by the generator that replaces
-    it; else the failure is an `ActorFailure` naming the generator."""
+    `cluster` that recovers (`Cluster`), a part whose generator died or did not answer within
+    `timeout_s` is sampled again, with its own seeds, by the generator that replaces it; else
+    (or when the generator raised) the failure is an `ActorFailure` naming the generator."""
     parts: list[Part]
     cluster: object = None
     timeout_s: float | None = None
@@ -147,8 +147,9 @@ class PendingGeneration:
             if not lost:
                 break
             for part, outcome in lost:
-                if not isinstance(self.cluster, Cluster):
-                    raise ActorFailure(names[self.parts.index(part)], outcome.reason)
+                if not isinstance(self.cluster, Cluster) or not recovery.restartable(outcome):
+                    raise ActorFailure(names[self.parts.index(part)], outcome.reason,
+                                       lost=recovery.restartable(outcome))
                 reason = outcome.reason + (" (cluster.generate_timeout_s)"
                                            if outcome.failure == "late" else "")
                 self.cluster.replace_generator(part.index, part.actor, reason,

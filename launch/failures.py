@@ -25,14 +25,27 @@ class RunError(Exception):
 
 
 class ActorFailure(RunError):
-    """An actor died or raised; `str()` is one line naming it and its own error."""
+    """An actor died or raised; `str()` is one line naming it and its own error. `lost`: its
+    process is gone or it stopped answering (a fault worth a restart), rather than an error it
+    raised, which the same work would raise again."""
 
-    def __init__(self, actor: str, reason: str):
-        self.actor, self.reason = actor, reason
+    def __init__(self, actor: str, reason: str, lost: bool = False):
+        self.actor, self.reason, self.lost = actor, reason, lost
         super().__init__(f"{actor} failed: {reason}")
 
     def __reduce__(self):
-        return type(self), (self.actor, self.reason)
+        return type(self), (self.actor, self.reason, self.lost)
+
+
+def lost(err: RayError) -> bool:
+    """Whether a failed call's actor was lost (its process died, was killed for memory, or
+    its node went), as opposed to raising an exception of its own."""
+    if isinstance(err, ray.exceptions.OutOfMemoryError):
+        return True
+    if isinstance(err, RayActorError):  # raised in __init__ (its message holds the error)?
+        lines = [_ANSI.sub("", line).strip() for line in str(err).splitlines()]
+        return not any(_EXCEPTION_LINE.match(line) for line in lines)
+    return False
 
 
 def root_cause(err: BaseException) -> str:
@@ -65,10 +78,24 @@ def gather(refs: Sequence[ray.ObjectRef], names: Sequence[str],
         ready, pending = ray.wait(pending, num_returns=1, timeout=left)
         if not ready:
             late = ", ".join(names[refs.index(r)] for r in pending)
-            raise ActorFailure(late, f"no answer within {timeout_s:g} s")
+            raise ActorFailure(late, f"no answer within {timeout_s:g} s", lost=True)
         ref = ready[0]
         try:
             done[ref] = ray.get(ref)
         except RayError as err:  # the actor raised or died, or Ray killed it (memory)
-            raise ActorFailure(names[refs.index(ref)], root_cause(err)) from None
+            if not lost(err):  # a collective's survivors raise because a member was lost:
+                ref, err = _lost_instead(ref, err, pending)  # blame that member
+            raise ActorFailure(names[refs.index(ref)], root_cause(err), lost(err)) from None
     return [done[r] for r in refs]
+
+
+def _lost_instead(ref, err: RayError, pending: list, grace_s: float = 5.0):
+    """(ref, err), or a pending call whose actor was lost within `grace_s` seconds."""
+    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=grace_s) if pending else ([], [])
+    for other in ready:
+        try:
+            ray.get(other)
+        except RayError as other_err:
+            if lost(other_err):
+                return other, other_err
+    return ref, err

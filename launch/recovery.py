@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import RayError, RayTaskError
 
-from launch.failures import ActorFailure, RunError, gather, root_cause
+from launch.failures import ActorFailure, RunError, gather, lost, root_cause
 
 KINDS = {"generator": "faults/generator_restarts", "reward worker": "faults/reward_restarts"}
 
@@ -62,7 +62,7 @@ def settle(refs: Sequence[ray.ObjectRef], timeout_s: float | None) -> list[Outco
 
 
 def _failure(err: RayError) -> str:
-    if isinstance(err, RayActorError):
+    if lost(err):
         return "died"
     if isinstance(err, RayTaskError) and type(err.cause).__name__ == "EngineError" \
             and "engine core process" in str(err.cause):
@@ -114,18 +114,23 @@ def culprits(outcomes: Sequence[Outcome], names: Sequence[str]) -> list[int]:
     """Of one collective's members, the generators to restart (indices into `names`), or
     `ActorFailure` for a learner to blame. Blamed first: members that died or never answered
     (the others' errors follow from theirs), generators before learners (a learner blocked in
-    a broadcast is late because a generator is gone); failing that, generators that raised."""
+    a broadcast is late because a generator is gone); failing that, the first member that
+    raised, which is not restarted: the same work would raise the same error again."""
     def failed(kinds):
         return [k for k, o in enumerate(outcomes) if o.failure in kinds]
 
-    for kinds in (("died", "late"), ("raised",)):
-        generators = [k for k in failed(kinds) if names[k].startswith("generator")]
-        if generators:
-            return generators
-        learners = failed(kinds)
-        if learners:
-            raise ActorFailure(names[learners[0]], outcomes[learners[0]].reason)
+    generators = [k for k in failed(("died", "late")) if names[k].startswith("generator")]
+    if generators:
+        return generators
+    for k in failed(("died", "late")) + failed(("raised",)):
+        raise ActorFailure(names[k], outcomes[k].reason, lost=outcomes[k].failure != "raised")
     return []
+
+
+def restartable(outcome: Outcome) -> bool:
+    """A failed call worth a restart: its actor died or hung. One that raised would raise
+    again on the same prompts with the same seeds."""
+    return outcome.failure in ("died", "late")
 
 
 def restart_generator(cluster, i: int, reason: str, then: str = "",

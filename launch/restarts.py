@@ -9,8 +9,9 @@ once: launch/loggers.py drops their old records. At most `trainer.max_restarts` 
 run stops with one line naming what kept failing and its last checkpoint, which is intact.
 
 Not restarted, as they would fail the same way again: bad input (`InputError`, found before
-any actor starts) and a run whose actors never all started (a cluster too small for it, an
-engine that cannot load the model).
+any actor starts), a run whose actors never all started (a cluster too small for it, an
+engine that cannot load the model), and an actor that raised an error of its own rather than
+being lost (`ActorFailure.lost`: its process died, was killed, or stopped answering).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def train_with_restarts(cfg: Config, train_run: Callable[[Config, Run], dict]) -
             with run.loggers:  # closed on error too, so TensorBoard and W&B keep every logged step
                 return train_run(attempt, run)
         except ActorFailure as failure:
-            if not run.actors:  # failed while starting: it would fail the same way again
+            # Failed while starting, or raised an error of its own (not lost): the same
+            # work would fail the same way again.
+            if not run.actors or not failure.lost:
                 raise
             resume, checkpoint = _resume_point(cfg, run.output_dir)
             if restarts == limit:
