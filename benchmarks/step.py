@@ -23,11 +23,6 @@ from benchmarks.trl_grpo import trl_run
 
 TARGET = 0.5  # issue 10: the project's step <= 0.5 x TRL's
 PROMPTS = 4  # the demo's prompts_per_step
-# Both sides in float32 today, as the demo runs. -- PRECISION SETTINGS GO HERE --
-# When the project gains its generation/training precision settings, add an entry such as
-#   "bfloat16": {"project": ("--<generation precision flag>", "bfloat16", ...),
-#                "trl": {"bf16": True, "model_dtype": "float32"}},
-# and every figure below is measured for it too, both sides side by side.
 # Each side in the same precision: float32 throughout, and each side's best on this CPU
 # (AVX-512 BF16): the project computes and samples in bfloat16 over float32 master weights, as
 # the demo does; TRL trains (and generates) under bf16 autocast over float32 weights.
@@ -105,7 +100,8 @@ def run(quick: bool) -> dict:
             "a warm-up; _xN = N times the prompts per step (N x 32 responses), other settings "
             f"unchanged; baseline = TRL 1.16 GRPOTrainer, same prompts in the same order, "
             f"{trl_steps - 1} timed step(s) after a warm-up",
-            "TRL: " + ", ".join(f"{k}={v}" for k, v in settings["float32"]["trl"].items()),
+            *[f"TRL, {precision}: " + ", ".join(f"{k}={v}" for k, v in side["trl"].items())
+              for precision, side in settings.items()],
             "TRL generates with transformers on the policy (its CPU default), so it has no "
             "weight sync; its rollout_other is the rest of its rollout (tokenising, decoding, "
             "advantages), its train the step minus the rollout",
