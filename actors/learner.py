@@ -109,7 +109,8 @@ class LearnerActor:
                     totals["padded_positions"] += padded
                     totals["positions"] += positions
                     batch = collate(mb).to(self.device)
-                    logprobs = self.backend.module(batch.input_ids, batch.attention_mask)
+                    logprobs = self.backend.module(batch.input_ids, batch.attention_mask,
+                                                   batch.response_mask)
                     old_lp = (logprobs.detach() if epoch == 0 and k == 0 else
                               place_response_logprobs([old[id(s)] for s in mb], batch))
                     ref_lp = (place_response_logprobs([ref[id(s)] for s in mb], batch)
@@ -164,7 +165,8 @@ class LearnerActor:
                 continue
             batch = collate([samples[i] for i in indices]).to(self.device)
             # A token budget packs by length: put each row back at its sample's place.
-            rows = response_logprobs(model(batch.input_ids, batch.attention_mask), batch)
+            rows = response_logprobs(
+                model(batch.input_ids, batch.attention_mask, batch.response_mask), batch)
             for i, row in zip(indices, rows):
                 values[i] = row
         return values

@@ -34,8 +34,12 @@ class Policy(nn.Module):
         self.lm = lm
         self.temperature = temperature
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return token_logprobs(self.lm, input_ids, attention_mask, temperature=self.temperature)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probs [batch, seq - 1]; with `positions` (a response mask) only those, 0
+        elsewhere (drgrpo.algorithm.token_logprobs)."""
+        return token_logprobs(self.lm, input_ids, attention_mask, temperature=self.temperature,
+                              positions=positions)
 
 
 def _hf_name(name: str) -> str:

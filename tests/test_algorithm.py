@@ -254,3 +254,33 @@ def test_chunked_logprobs_from_model_equal_naive_with_gradients(tiny_model_path)
     torch.testing.assert_close(chunked, naive, rtol=1e-5, atol=1e-5)
     for a, p in zip(grads, model.parameters()):
         torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_logprobs_at_some_positions_run_only_those_through_the_head(tiny_model_path):
+    """`positions` (a response mask) gives the same log-probs and gradients there as the full
+    computation, 0 elsewhere, and only those rows reach the output head: a prompt's positions
+    cost the head nothing."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, model.config.vocab_size, (3, 10), generator=g)
+    attn = torch.ones_like(ids)
+    attn[2, 7:] = 0  # right padding, as collate makes it
+    positions = torch.zeros(3, 9)
+    positions[0, 4:] = positions[1, 6:] = positions[2, 3:6] = 1
+    rows = []
+    model.lm_head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+
+    some = token_logprobs(model, ids, attn, temperature=0.7, chunk_size=4, positions=positions)
+    assert sum(rows) == int(positions.sum()) == 11  # (the backward pass recomputes them)
+    (some * positions).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    assert bool((some[positions == 0] == 0).all())
+
+    full = token_logprobs(model, ids, attn, temperature=0.7, chunk_size=4)
+    (full * positions).sum().backward()
+    torch.testing.assert_close(some[positions == 1], full[positions == 1])
+    for a, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)

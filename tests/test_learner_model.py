@@ -68,7 +68,7 @@ def _probe(model_path: str, out_dir: str, strategy: str, checkpointing: bool) ->
     trained = []
     for mb in chunks(samples, MICRO_BATCH):  # the micro-batches `train` runs
         batch = collate(mb)
-        out = learner.backend.module(batch.input_ids, batch.attention_mask)
+        out = learner.backend.module(batch.input_ids, batch.attention_mask, batch.response_mask)
         assert out.requires_grad
         trained += response_logprobs(out.detach(), batch)
 
