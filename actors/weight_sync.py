@@ -215,6 +215,11 @@ class WeightSyncExtension:
         return {"seconds": seconds, "bytes": self._drgrpo_manifest.total_bytes,
                 "broadcast_s": stats["broadcast_s"], "load_s": seconds - stats["broadcast_s"]}
 
+    def compute_threads(self) -> int:
+        """The threads this worker computes with (vLLM takes one worker extension, so the
+        generator asks this one; see actors.generator.share_cpu_threads)."""
+        return torch.get_num_threads()
+
 
 def refresh_tied_layers(model: torch.nn.Module) -> None:
     """Re-process the layers that share one weight (tied embeddings: `embed_tokens` and

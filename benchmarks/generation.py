@@ -32,8 +32,9 @@ from benchmarks.common import child, load_avg, median, target
 DTYPES = ("float32", "bfloat16")
 VARIANTS = ("actor", "vllm", "vllm_1thread", "hf")
 # Ray sets OMP_NUM_THREADS=1 in an actor with a fractional CPU (the generator has 0.25), and
-# vLLM's engine processes inherit it: vllm_1thread runs vLLM's API with that same setting, so
-# actor / vllm_1thread is the cost of the actor alone and actor / vllm the whole gap.
+# vLLM's engine processes would inherit it; the actor gives its engine its share of the cores
+# instead (actors.generator.share_cpu_threads). vllm_1thread runs vLLM's API with Ray's one
+# thread: what that setting costs.
 ENV = {"vllm_1thread": {"OMP_NUM_THREADS": "1"}}
 TARGET = 0.9  # issue 10: actor tokens/s >= 0.9 x vLLM's own, same dtype
 
@@ -68,7 +69,7 @@ class Actor:
         self.gen = create_generators(pg, 1, cfg.model.path, dtype=dtype, device="cpu", gpus=0,
                                      cpus=CPU_SHARE, seed=cfg.trainer.seed,
                                      max_model_len=max_model_len)[0]
-        ray.get(self.gen.ready.remote())
+        self.threads = ray.get(self.gen.ready.remote())["engine_threads"]
 
     def __call__(self, prompts, n, sampling) -> list[int]:
         import ray
@@ -153,7 +154,7 @@ def measure(variant: str, dtype: str, rounds: int) -> dict:
            "mean_response_tokens": tokens / sum(r["responses"] for r in runs),
            "startup_s": startup,
            "load_1m_mean": sum(r["load_1m"] for r in runs) / len(runs)}
-    if variant == "hf":
+    if variant in ("hf", "actor"):
         out["torch_threads"] = generate.threads
     return out
 
@@ -191,9 +192,10 @@ def run(quick: bool) -> dict:
             "temperature 0.5, ending at EOS; tokens/s = generated tokens / seconds",
             "figures = the generator actor (Ray, as training calls it); baseline vllm = "
             "LLM.generate in-process on the actor's engine arguments, vLLM's own threads; "
-            "vllm_1thread = the same with OMP_NUM_THREADS=1, which Ray gives the actor "
-            "(fractional CPU) and its vLLM engine inherits; hf = transformers generate, one "
-            "left-padded batch of 32, torch's default threads",
+            "vllm_1thread = the same with OMP_NUM_THREADS=1, which Ray gives an actor with a "
+            "fractional CPU (the actor gives its engine its share of the cores instead: "
+            "torch_threads); hf = transformers generate, one left-padded batch of 32, torch's "
+            "default threads",
             "load_1m_mean: the 1-minute load average taken before each timed rollout, averaged",
         ],
     }

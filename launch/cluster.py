@@ -95,14 +95,15 @@ def create_generators(pg, n: int, model_path: str, *, dtype: str, device: str, g
                       cpus: float, tp: int = 1, seed: int = 0, max_model_len: int = 4096,
                       gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
                       trust_remote_code: bool = False, version: int = 0,
-                      cpu_cores: list[int] | None = None) -> list:
+                      cpu_cores: list[int] | None = None, cpu_share: int | None = None) -> list:
     """Generator i on bundle i of `pg`, each engine seeded apart (seed + i); `version` is the
-    weight update `model_path` holds."""
+    weight update `model_path` holds. On a CPU without `cpu_cores`, the engines split the
+    machine's cores among `cpu_share` processes computing at once (default: the n engines)."""
     return [create_generator(pg, i, model_path, dtype=dtype, device=device, gpus=gpus, cpus=cpus,
                              tp=tp, seed=seed, max_model_len=max_model_len,
                              gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode,
                              trust_remote_code=trust_remote_code, version=version,
-                             cpu_cores=cpu_cores)
+                             cpu_cores=cpu_cores, cpu_share=cpu_share or n)
             for i in range(n)]
 
 
@@ -194,7 +195,9 @@ class Cluster:
             device=device, gpus=gen_gpus, cpus=cpus, tp=c.generator_tp, seed=cfg.trainer.seed,
             max_model_len=max_model_len, gpu_memory_utilization=c.gpu_memory_utilization,
             sleep_mode=c.colocate and gpu, trust_remote_code=cfg.model.trust_remote_code,
-            cpu_cores=c.generator_cores)
+            cpu_cores=c.generator_cores,
+            # Synchronous, engines sample while the learners wait; asynchronous, both at once.
+            cpu_share=c.num_generators + (c.num_learners if cfg.rollout.max_staleness else 0))
         self.generators = create_generators(self.generator_pg, c.num_generators,
                                             version=weights_version, **self._generator_args)
         names = [f"generator {i}" for i in range(c.num_generators)]

@@ -1,6 +1,7 @@
 """`python -m launch.train` as a user runs it: 2 generators, 2 learners, 2 reward workers."""
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -173,7 +174,11 @@ def test_resume_is_exact(workdir, answering_run):
     assert all(r["grad_norm"] > 0 for r in expected), expected  # every step trains
     assert [untimed(r) for r in resumed] == [untimed(r) for r in expected]
     assert [s for s, _ in tensorboard_scalars(parts, "reward/mean")] == [1, 2, 3]
-    assert json.loads((parts / "summary.json").read_text())["steps"] == 3
+    summary = json.loads((parts / "summary.json").read_text())
+    assert summary["steps"] == 3
+    # The one engine samples while the learner waits: it gets every core, not Ray's one
+    # thread for a fractional-CPU actor (actors.generator.share_cpu_threads).
+    assert summary["actors"]["generator 0"]["engine_threads"] == [len(os.sched_getaffinity(0))]
     assert_loads_as_saved(parts / "checkpoints" / "step_000003" / "model", "bfloat16")
     # rollout.max_staleness 0 (the default) is the synchronous loop: each rollout is sampled
     # after the previous step's weights reached the generators, by those very weights.
@@ -201,6 +206,9 @@ def test_asynchronous_run_is_bounded_overlaps_and_resumes_exactly(workdir, answe
 
     expected, resumed = read_metrics(whole), read_metrics(resumed_dir)
     assert [r["staleness/max"] for r in expected] == [0, 1, 1]
+    # Generator and learner compute at the same time: the engine takes half the cores.
+    threads = json.loads((whole / "summary.json").read_text())["actors"]["generator 0"]
+    assert threads["engine_threads"] == [max(1, len(os.sched_getaffinity(0)) // 2)]
     assert all(r["grad_norm"] > 0 and 0 < r["tis/mean_weight"] <= 2 for r in expected)
     assert [r["step"] for r in resumed] == [2, 3]
     assert [untimed(r) for r in resumed] == [untimed(r) for r in expected[1:]]
