@@ -110,6 +110,11 @@ class GeneratorActor:
                 enable_prefix_caching=True,
                 enable_sleep_mode=sleep_mode,
                 enforce_eager=(device == "cpu"),
+                # A prompt prefilled in parts has its sampled token thrown away and its seeded
+                # generator rewound, which vLLM's CPU sampler cannot do: a rollout over the
+                # CPU's 4,096-token budget (8 prompts x 8 samples of the demo) failed with
+                # "CPU Generator does not use offset". Whole prompts only, then.
+                enable_chunked_prefill=(device != "cpu"),
                 trust_remote_code=trust_remote_code,
                 worker_extension_cls="actors.weight_sync.WeightSyncExtension",
                 # Sampled tokens' log-probs after temperature: the distribution the tokens
