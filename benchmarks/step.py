@@ -23,6 +23,7 @@ from benchmarks.trl_grpo import trl_run
 
 TARGET = 0.5  # issue 10: the project's step <= 0.5 x TRL's
 PROMPTS = 4  # the demo's prompts_per_step
+SAMPLES = 8  # its samples_per_prompt
 # Each side in the same precision: float32 throughout, and each side's best on this CPU
 # (AVX-512 BF16): the project computes and samples in bfloat16 over float32 master weights, as
 # the demo does; TRL trains (and generates) under bf16 autocast over float32 weights.
@@ -39,11 +40,15 @@ def precisions(quick: bool) -> dict:
     return {"bfloat16": PRECISIONS["bfloat16"]} if quick else PRECISIONS
 
 
-def summary(steps: list[dict], phases: tuple[str, ...]) -> dict:
-    """Median step time and each phase's share, over the steps after the warm-up one."""
+def summary(steps: list[dict], phases: tuple[str, ...], responses: int) -> dict:
+    """Median step time and each phase's share, over the steps after the warm-up one, and
+    the median step time per sampled token: as a run learns, its responses change length
+    (the demo's shorten), and the two sides do not learn alike step by step."""
     timed = steps[1:]
     total = sum(s["step_s"] for s in timed)
     out = {"step_s_median": median([s["step_s"] for s in timed]), "timed_steps": len(timed),
+           "ms_per_response_token_median": median(
+               [1000 * s["step_s"] / (responses * s["response_tokens_mean"]) for s in timed]),
            # What the rollouts held: both sides should be doing comparable work.
            "reward_mean": sum(s["reward_mean"] for s in timed) / len(timed),
            "response_tokens_mean": sum(s["response_tokens_mean"] for s in timed) / len(timed)}
@@ -67,16 +72,21 @@ def run(quick: bool) -> dict:
     for precision, sides in precisions(quick).items():
         mine = project_run(PROMPTS, steps, sides["project"])
         theirs = trl_run(trl_steps, sides["trl"])
-        figures[precision] = summary(mine["steps"], ("generate", "reward", "train", "weight_sync"))
+        figures[precision] = summary(mine["steps"], ("generate", "reward", "train", "weight_sync"),
+                                     PROMPTS * SAMPLES)
         figures[precision]["load_avg_before_after"] = [mine["load_avg"]["before"][0],
                                                        mine["load_avg"]["after"][0]]
         baseline[precision] = summary(theirs["steps"],
-                                      ("generate", "reward", "rollout_other", "train"))
+                                      ("generate", "reward", "rollout_other", "train"),
+                                      PROMPTS * SAMPLES)
         baseline[precision]["load_avg_before_after"] = [theirs["load_avg"]["before"][0],
                                                         theirs["load_avg"]["after"][0]]
         ratio = figures[precision]["step_s_median"] / baseline[precision]["step_s_median"]
         ratios[f"project_vs_trl_step_{precision}"] = ratio
         targets[f"project_vs_trl_step_{precision}"] = target(ratio, "<=", TARGET)
+        ratios[f"project_vs_trl_ms_per_token_{precision}"] = (
+            figures[precision]["ms_per_response_token_median"]
+            / baseline[precision]["ms_per_response_token_median"])
         settings[precision] = {"project": mine["settings"], "trl": theirs["settings"]}
         for scale in scales:
             # Fewer steps at the bigger sizes: a warm-up and 3 timed ones.
@@ -86,7 +96,8 @@ def run(quick: bool) -> dict:
                 failures.append(f"{precision} x{scale} ({PROMPTS * scale} prompts per step): "
                                 f"the project's run failed: {last_error(str(err))}")
                 continue
-            s = summary(big["steps"], ("generate", "reward", "train", "weight_sync"))
+            s = summary(big["steps"], ("generate", "reward", "train", "weight_sync"),
+                        PROMPTS * scale * SAMPLES)
             s["load_avg_before_after"] = [big["load_avg"]["before"][0],
                                           big["load_avg"]["after"][0]]
             figures[f"{precision}_x{scale}"] = s
@@ -107,6 +118,9 @@ def run(quick: bool) -> dict:
             "advantages), its train the step minus the rollout",
             "the project skips responses whose advantage is 0 (their group all alike) in "
             "training, as it always does; TRL trains all 32",
+            "ms_per_response_token: step time over the responses' sampled tokens, per step; "
+            "the sides learn differently step by step (response lengths, groups all alike), "
+            "so this ratio is the one that compares equal work",
             "load_avg_before_after: 1-minute load average when the run started and ended",
             *failures,
         ],
