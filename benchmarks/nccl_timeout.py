@@ -2,7 +2,7 @@
 
     python benchmarks/nccl_timeout.py [--timeout-s 7]
 
-Rank 0 of a two-member group opened by `actors.weight_sync.open_group`, whose other member
+Rank 0 of a two-member group opened by `actors.sync_group.open_group`, whose other member
 never joins, broadcasts once: NCCL's default would wait 10 minutes; with the group's timeout
 the broadcast must fail (or NCCL's watchdog end the process) within seconds of `timeout_s`.
 Also checks that a one-member group broadcasts and records the timeout it was given.
@@ -31,13 +31,13 @@ def free_port() -> int:
 def member(world_size: int, timeout_s: float) -> None:
     import torch
 
-    from actors.weight_sync import _broadcast, open_group
+    from actors.sync_group import open_group, start_broadcast
 
     torch.cuda.set_device(0)
     group = open_group("127.0.0.1", free_port(), 0, world_size, "nccl", timeout_s)
     print(json.dumps({"options_timeout_s": group.options._timeout.total_seconds()}), flush=True)
     buffer = torch.ones(1 << 20, device="cuda")
-    _broadcast(group, buffer)
+    start_broadcast(group, buffer).wait()
     torch.cuda.synchronize()
     print(json.dumps({"broadcast": "ok"}), flush=True)
 

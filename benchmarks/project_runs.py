@@ -29,7 +29,8 @@ PHASES = {
     # Many calls a step: the pool hands small chunks to whichever worker is free.
     "reward": ("RewardWorkerActor.judge",),
     "train": ("LearnerActor.train",),
-    "weight_sync": ("LearnerActor.send_weights", "GeneratorActor.receive_weights"),
+    "weight_sync": ("LearnerActor.send_weights", "GeneratorActor.start_weight_update",
+                    "GeneratorActor.update_weights", "GeneratorActor.finish_weight_update"),
 }
 
 

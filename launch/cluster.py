@@ -18,21 +18,23 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.failures import ActorFailure, RunError, gather, settle
 from actors.generator import Completion, Generated, Generator, Sampling
 from actors.learner import Learner
 from actors.reward_pool import RewardPool
+from actors.weight_sync import engine_for
 from drgrpo.batching import Sample
 from drgrpo.config import Config
 from drgrpo.seeds import request_seeds
 from launch import recovery
-from launch.failures import ActorFailure, RunError, gather
-from launch.recovery import FaultLog, settle
+from launch.recovery import FaultLog
 
 CPU_SHARE = 0.25  # per actor on a CPU machine: 2 cores hold 2 generators, 2 learners, 2 graders
 NOTICE_AFTER_S = 10.0  # say what the run waits for when placing it takes longer than this
-# The driver's bound on a whole weight sync is cluster.sync_timeout_s plus this: a member's own
-# collective timeout (gloo) fires first and names the error; NCCL's does not fire at all when
-# a member never joins (measured on an H200), so the driver's bound is the one that holds.
+# Learner rank 0 waits for the generators' part of a weight sync cluster.sync_timeout_s plus
+# this, and the driver for the learners plus twice this: a member's own collective timeout
+# (gloo) fires first and names the error; NCCL's does not fire at all when a member never
+# joins (measured on an H200), so the waits' bounds are the ones that hold.
 SYNC_MARGIN_S = 30.0
 
 
@@ -91,19 +93,13 @@ def create_learners(cfg: Config, device: str, pg, gpus: float, cpus: float) -> l
             .remote(cfg, r, n, addr, port, device) for r in range(n)]
 
 
-def create_generators(pg, n: int, model_path: str, *, dtype: str, device: str, gpus: float,
-                      cpus: float, tp: int = 1, seed: int = 0, max_model_len: int = 4096,
-                      gpu_memory_utilization: float = 0.9, sleep_mode: bool = False,
-                      trust_remote_code: bool = False, version: int = 0,
-                      cpu_cores: list[int] | None = None, cpu_share: int | None = None) -> list:
-    """Generator i on bundle i of `pg`, each engine seeded apart (seed + i); `version` is the
-    weight update `model_path` holds. On a CPU without `cpu_cores`, the engines split the
-    machine's cores among `cpu_share` processes computing at once (default: the n engines)."""
-    return [create_generator(pg, i, model_path, dtype=dtype, device=device, gpus=gpus, cpus=cpus,
-                             tp=tp, seed=seed, max_model_len=max_model_len,
-                             gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode,
-                             trust_remote_code=trust_remote_code, version=version,
-                             cpu_cores=cpu_cores, cpu_share=cpu_share or n)
+def create_generators(pg, n: int, model_path: str, *, cpu_share: int | None = None,
+                      **kwargs) -> list:
+    """Generator i on bundle i of `pg`, each engine seeded apart (seed + i); `kwargs` are
+    `create_generator`'s and the actor's (`version`: the weight update `model_path` holds).
+    On a CPU without `cpu_cores`, the engines split the machine's cores among `cpu_share`
+    processes computing at once (default: the n engines)."""
+    return [create_generator(pg, i, model_path, cpu_share=cpu_share or n, **kwargs)
             for i in range(n)]
 
 
@@ -172,6 +168,7 @@ class Cluster:
         # so that counts outlive this cluster.
         self.faults = faults or FaultLog(c.max_actor_restarts)
         self.weights_version = weights_version  # the update the generators hold
+        self.kv_cache_asleep = False  # colocated: woken after the next sync (see `train`)
         self.sync_group_stale = False  # a generator was replaced since the group was built
         gpu = device == "cuda"
         if gpu:
@@ -195,7 +192,7 @@ class Cluster:
             device=device, gpus=gen_gpus, cpus=cpus, tp=c.generator_tp, seed=cfg.trainer.seed,
             max_model_len=max_model_len, gpu_memory_utilization=c.gpu_memory_utilization,
             sleep_mode=c.colocate and gpu, trust_remote_code=cfg.model.trust_remote_code,
-            cpu_cores=c.generator_cores,
+            cpu_cores=c.generator_cores, weight_transfer=engine_for(device, c.colocate),
             # Synchronous, engines sample while the learners wait; asynchronous, both at once.
             cpu_share=c.num_generators + (c.num_learners if cfg.rollout.max_staleness else 0))
         self.generators = create_generators(self.generator_pg, c.num_generators,
@@ -229,26 +226,22 @@ class Cluster:
         tp = self.cfg.cluster.generator_tp
         world = 1 + len(self.generators) * tp
         addr, port = ray.get(_address_and_port.options(**_on(self.learner_pg, 0)).remote())
-        manifest = gather([self.learners[0].weight_manifest.remote()], self.learner_names[:1])[0]
         timeout = self.cfg.cluster.sync_timeout_s
-        self._on_every_member(
-            lambda l: l.init_weight_sync.remote(addr, port, world, self._sync_backend, timeout),
-            lambda i, g: g.init_weight_sync.remote(addr, port, 1 + i * tp, world,
-                                                   self._sync_backend, manifest, timeout))
+        self._on_learners(lambda l: l.init_weight_sync.remote(
+            self.generators, tp, addr, port, world, timeout, timeout + SYNC_MARGIN_S))
 
-    def _on_every_member(self, learner_call, generator_call) -> list | None:
-        """A collective call on every learner and generator, waited for within
-        cluster.sync_timeout_s (and a margin): the answers, or None when generators failed and
-        were restarted (the caller redoes it). A failed learner is an `ActorFailure`."""
-        refs = [learner_call(l) for l in self.learners] + [
-            generator_call(i, g) for i, g in enumerate(self.generators)]
-        names = self._names()
-        outcomes = settle(refs, self.cfg.cluster.sync_timeout_s + SYNC_MARGIN_S)
-        restart = recovery.culprits(outcomes, names)
-        for k in restart:
-            i = k - len(self.learners)
-            reason = outcomes[k].reason + (" in a weight sync (cluster.sync_timeout_s)"
-                                           if outcomes[k].failure == "late" else "")
+    def _on_learners(self, call) -> list | None:
+        """A weight-sync call on every learner (rank 0 drives the generators' part), waited
+        for within cluster.sync_timeout_s and margins: the answers, or None when generators
+        failed in it and were restarted (the caller redoes it). A failed learner, or a
+        generator that raised, is an `ActorFailure`."""
+        refs = [call(l) for l in self.learners]
+        outcomes = settle(refs, self.cfg.cluster.sync_timeout_s + 2 * SYNC_MARGIN_S)
+        restart = recovery.sync_culprits(outcomes, self.learner_names, len(self.generators))
+        for i in restart:
+            outcome = next(o for o in outcomes if o.cause is not None).cause.outcomes[i]
+            reason = outcome.reason + (" in a weight sync (cluster.sync_timeout_s)"
+                                       if outcome.failure == "late" else "")
             recovery.restart_generator(self, i, reason, ", weight sync redone",
                                        send_weights=False)
         return None if restart else [o.value for o in outcomes]
@@ -274,11 +267,6 @@ class Cluster:
 
     def _names(self) -> list[str]:
         return self.learner_names + self.generator_names
-
-    @property
-    def _sync_backend(self) -> str:
-        # Colocated: NCCL cannot hold two ranks on one GPU (see actors/weight_sync.py).
-        return "nccl" if self.device == "cuda" and not self.cfg.cluster.colocate else "gloo"
 
     @property
     def _sleeps(self) -> bool:
@@ -312,13 +300,17 @@ class Cluster:
         return self.rewards.score(responses, answers, template, truncated)
 
     def train(self, plan: list[list[list[Sample]]]) -> dict:
-        """plan[rank][step]: each learner's share of each optimizer step (drgrpo.batching)."""
+        """plan[rank][step]: each learner's share of each optimizer step (drgrpo.batching).
+        Colocated on GPUs, the generators sleep meanwhile and wake their weights' memory
+        after it; their KV cache wakes only once the sync has refilled the weights."""
         if self._sleeps:
             gather([g.sleep.remote() for g in self.generators], self.generator_names)
         results = gather([l.train.remote(p) for l, p in zip(self.learners, plan)],
                          self.learner_names)
         if self._sleeps:
-            gather([g.wake_up.remote() for g in self.generators], self.generator_names)
+            gather([g.wake_up.remote(["weights"]) for g in self.generators],
+                   self.generator_names)
+            self.kv_cache_asleep = True
         tokens = sum(r["tokens"] for r in results)
         return {
             "loss": sum(r["loss"] for r in results) / max(results[0]["optimizer_steps"], 1),
@@ -337,24 +329,24 @@ class Cluster:
         }
 
     def sync_weights(self, version: int) -> dict:
-        """Learner rank 0 streams the weights of its `version`-th update to every generator
-        (after whatever each generator is doing now). Returns the bytes
-        sent and where the time went: on learner 0 gathering shards, packing buckets and
-        broadcasting; on the slowest generator receiving, loading into vLLM (`reload_weights`
-        and its re-processing of layers) and resetting the prefix cache."""
+        """Learner rank 0 sends the weights of its `version`-th update to every generator
+        (after whatever each generator is doing now; actors/weight_sync.py). Returns the
+        bytes sent and where the time went: on learner 0 gathering shards (`gather_s`) and
+        sending (`send_s`; `pack_s` apart, for `broadcast`); on the slowest generator
+        receiving (`receive_s`, for `broadcast`), loading into vLLM (`load_s`: its layerwise
+        reload, processing included) and resetting the prefix cache (`cache_reset_s`)."""
         while True:  # redone after a generator that failed in it is restarted
             self._open_sync_group()
-            results = self._on_every_member(lambda l: l.send_weights.remote(),
-                                            lambda i, g: g.receive_weights.remote(version))
+            results = self._on_learners(lambda l: l.send_weights.remote(version))
             if results is not None:
                 break
         self.weights_version = version
-        sender, receivers = results[0], results[len(self.learners):]
-        slowest = max(receivers, key=lambda r: r["seconds"])
-        return {"bytes": sender["bytes"],
-                "gather_s": sender["gather_s"], "pack_s": sender["pack_s"],
-                "send_s": sender["broadcast_s"], "receive_s": slowest["broadcast_s"],
-                "load_s": slowest["load_s"], "cache_reset_s": slowest["cache_reset_s"]}
+        if self.kv_cache_asleep:
+            gather([g.wake_up.remote(["kv_cache"]) for g in self.generators],
+                   self.generator_names)
+            self.kv_cache_asleep = False
+        sender = results[0]
+        return {k: v for k, v in sender.items() if k != "seconds"}
 
     def save(self, folder: str) -> None:
         gather([l.save.remote(folder) for l in self.learners], self.learner_names)

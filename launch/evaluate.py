@@ -324,7 +324,7 @@ def write_outputs(output: Path, results: dict, records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from launch.failures import RunError
+    from actors.failures import RunError
     from launch.run import InputError
 
     try:

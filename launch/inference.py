@@ -12,9 +12,9 @@ from __future__ import annotations
 import ray
 from ray.util.placement_group import remove_placement_group
 
+from actors.failures import gather
 from actors.reward_pool import RewardPool
 from launch.cluster import CPU_SHARE, Cluster, create_generators, reserve
-from launch.failures import gather
 
 
 class InferenceCluster:

@@ -15,7 +15,7 @@ The verbs (used by launch/cluster.py; the training loop never sees them):
   (`cluster.max_actor_restarts` per actor) past which the run stops with one line.
 
 A learner that fails is not recovered here: its state is gone, and the run-level restart
-from the latest checkpoint takes over (`launch.failures.ActorFailure` is raised as before).
+from the latest checkpoint takes over (`actors.failures.ActorFailure` is raised as before).
 """
 
 from __future__ import annotations
@@ -25,49 +25,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import ray
-from ray.exceptions import RayError, RayTaskError
 
-from launch.failures import ActorFailure, RunError, gather, lost, root_cause
+from actors.failures import ActorFailure, Outcome, RunError, gather
+from actors.weight_sync import GeneratorsFailed
 
 KINDS = {"generator": "faults/generator_restarts", "reward worker": "faults/reward_restarts"}
-
-
-@dataclass
-class Outcome:
-    """How one call ended: `value`, or `failure` ("died": the actor or its engine is gone;
-    "late": no answer by the deadline; "raised": it raised) with a one-line `reason`."""
-    value: Any = None
-    failure: str | None = None
-    reason: str = ""
-
-
-def settle(refs: Sequence[ray.ObjectRef], timeout_s: float | None) -> list[Outcome]:
-    if not refs:
-        return []
-    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-    done = set(ready)
-    out = []
-    for ref in refs:
-        if ref not in done:
-            out.append(Outcome(failure="late", reason=f"no answer within {timeout_s:g} s"))
-            continue
-        try:
-            out.append(Outcome(ray.get(ref)))
-        except RayError as err:
-            out.append(Outcome(failure=_failure(err), reason=root_cause(err)))
-    return out
-
-
-def _failure(err: RayError) -> str:
-    if lost(err):
-        return "died"
-    if isinstance(err, RayTaskError) and type(err.cause).__name__ == "EngineError" \
-            and "engine core process" in str(err.cause):
-        return "died"  # its vLLM engine is gone (actors.engine_watch)
-    return "raised"
 
 
 @dataclass
@@ -125,6 +89,20 @@ def culprits(outcomes: Sequence[Outcome], names: Sequence[str]) -> list[int]:
     for k in failed(("died", "late")) + failed(("raised",)):
         raise ActorFailure(names[k], outcomes[k].reason, lost=outcomes[k].failure != "raised")
     return []
+
+
+def sync_culprits(outcomes: Sequence[Outcome], learner_names: Sequence[str],
+                  generators: int) -> list[int]:
+    """Of a weight-sync call made on every learner, the generators to restart (their
+    indices), or `ActorFailure` for the one to blame, by `culprits`' rule. Learner rank 0
+    drives the generators (actors/weight_sync.py): when its call failed because theirs did
+    (`GeneratorsFailed`), their outcomes stand in for its own."""
+    learners, members = list(outcomes), [Outcome() for _ in range(generators)]
+    for k, outcome in enumerate(outcomes):
+        if isinstance(outcome.cause, GeneratorsFailed):
+            learners[k], members = Outcome(), outcome.cause.outcomes
+    names = [*learner_names, *(f"generator {i}" for i in range(generators))]
+    return [k - len(learners) for k in culprits(learners + members, names)]
 
 
 def restartable(outcome: Outcome) -> bool:

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from actors.failures import ActorFailure, RunError
 from drgrpo.config import Config
-from launch.failures import ActorFailure, RunError
 from launch.run import Run, latest_checkpoint, prepare
 
 

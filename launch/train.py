@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import torch
 
+from actors.failures import RunError
 from actors.generator import Sampling
 from drgrpo.algorithm import group_advantages
 from drgrpo.batching import Sample, plan_steps
@@ -25,7 +26,6 @@ from drgrpo.metrics import rollout_metrics
 from drgrpo.seeds import derive_seed
 from drgrpo.templates import apply_template, stop_strings
 from launch.evaluate import evaluate
-from launch.failures import RunError
 from launch.pipeline import Rollout, Rollouts
 from launch.restarts import train_with_restarts
 from launch.run import InputError, Run, RunState

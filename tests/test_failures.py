@@ -6,7 +6,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from launch.failures import ActorFailure, gather  # noqa: E402
+from actors.failures import ActorFailure, gather  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def random_samples(n=8, vocab=300, seed=0):
 def test_weight_sync_makes_generator_match_learner(ray_local, request, tmp_path, tied):
     """After a sync the generator computes the learner's log-probs. With tied embeddings vLLM
     reloads the shared weight through the embedding only, and on CPUs its `lm_head` kept
-    computing logits from the weights it started with (actors.weight_sync.refresh_tied_layers)."""
+    computing logits from the weights it started with (actors.weight_transfer.refresh_tied_layers)."""
     from launch.cluster import Cluster
 
     model = request.getfixturevalue("tied_model_path" if tied else "tiny_model_path")
@@ -58,6 +58,8 @@ def test_weight_sync_makes_generator_match_learner(ray_local, request, tmp_path,
         assert stale == pytest.approx(before, abs=1e-6)  # nothing changes before a sync
 
         sync = cluster.sync_weights(version=1)
+        # Through vLLM's weight-transfer API, which versions each update it finishes.
+        assert ray.get(generator.weight_version.remote()) == "1"
         after = ray.get(generator.prompt_logprobs.remote(ids))
         learner_after = ray.get(learner.sequence_logprobs.remote(ids))
         assert after == pytest.approx(learner_after, abs=1e-4)

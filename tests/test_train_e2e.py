@@ -158,7 +158,7 @@ def test_resume_is_exact(workdir, answering_run):
     holds them in bfloat16, the generators sample in float32), step 3 from weights they
     trained and synced, which is where state lost in the restart shows (optimizer state, or
     a generator keeping part of the model it started from:
-    actors.weight_sync.refresh_tied_layers). Each step is logged once, and a `.tmp` folder
+    actors.weight_transfer.refresh_tied_layers). Each step is logged once, and a `.tmp` folder
     (a crash mid-save) is not resumed from."""
     whole, parts = workdir / "resume-whole", workdir / "resume-parts"
     for out, steps in ((whole, "3"), (parts, "1")):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
@@ -99,3 +101,40 @@ def _lost_instead(ref, err: RayError, pending: list, grace_s: float = 5.0):
             if lost(other_err):
                 return other, other_err
     return ref, err
+
+
+@dataclass
+class Outcome:
+    """How one call ended: `value`, or `failure` ("died": the actor or its engine is gone;
+    "late": no answer by the deadline; "raised": it raised) with a one-line `reason`."""
+    value: Any = None
+    failure: str | None = None
+    reason: str = ""
+    cause: BaseException | None = None  # the exception the actor raised, when it raised
+
+
+def settle(refs: Sequence[ray.ObjectRef], timeout_s: float | None) -> list[Outcome]:
+    if not refs:
+        return []
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    done = set(ready)
+    out = []
+    for ref in refs:
+        if ref not in done:
+            out.append(Outcome(failure="late", reason=f"no answer within {timeout_s:g} s"))
+            continue
+        try:
+            out.append(Outcome(ray.get(ref)))
+        except RayError as err:
+            cause = err.cause if isinstance(err, RayTaskError) else None
+            out.append(Outcome(failure=_failure(err), reason=root_cause(err), cause=cause))
+    return out
+
+
+def _failure(err: RayError) -> str:
+    if lost(err):
+        return "died"
+    if isinstance(err, RayTaskError) and type(err.cause).__name__ == "EngineError" \
+            and "engine core process" in str(err.cause):
+        return "died"  # its vLLM engine is gone (actors.engine_watch)
+    return "raised"
