@@ -165,7 +165,7 @@ class GeneratorActor:
             logprobs=0 if sampling.logprobs else None,
         ) for seed in (seeds if seeds is not None else [None] * len(prompts))]
         with self.engine.calls():
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            outputs = self._run_all_at_once(prompts, params)
         groups = [
             [Completion(list(out.prompt_token_ids), list(c.token_ids), c.text,
                         c.finish_reason or "stop", self.version,
@@ -176,6 +176,19 @@ class GeneratorActor:
         ]
         self.idle_since = time.time()
         return Generated(groups, started, self.idle_since, max(wait_s, 0.0))
+
+    def _run_all_at_once(self, prompts: list, params: list) -> list:
+        """`LLM.generate`, with every request in the engine before it schedules any.
+
+        `generate` adds requests one by one to the engine-core process, which batches
+        whatever it has whenever it schedules: a rollout's first batches, and with them its
+        numerics and (bfloat16 on the demo) its tokens, depended on timing. Two runs of one
+        seed parted at step 3 (issue 18). Paused (sleep level 0: scheduling only), it queues
+        them all, then runs them as one batch."""
+        self.llm.sleep(level=0)
+        self.llm.enqueue(prompts, params, use_tqdm=False)
+        self.llm.wake_up(tags=["scheduling"])
+        return self.llm.wait_for_completion(use_tqdm=False)
 
     def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         """log p(token_t | tokens_<t) under the engine's current weights, for t >= 1."""
