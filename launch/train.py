@@ -45,6 +45,10 @@ def _train(cfg: Config, run: Run) -> dict:
     if not ray.is_initialized():  # launch.compare trains twice, a restart again, in one process
         ray.init(**run.ray_init_kwargs)
     device = cfg.cluster.resolve_device(ray.cluster_resources())
+    if device == "cuda":  # a run its GPUs cannot hold stops here, in one line, before any actor
+        from launch.plan import refuse_if_unfit
+
+        refuse_if_unfit(cfg, run.model_path)
     cluster = Cluster(cfg, device, model_path=run.model_path, max_model_len=run.max_model_len,
                       weights_version=run.state.step, faults=run.faults)
     run.note_actors(cluster.actors)
