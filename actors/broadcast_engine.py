@@ -107,6 +107,25 @@ class BroadcastUpdateInfo(WeightTransferUpdateInfo):
         return sum(_numel(self.shapes[i]) for i in bucket)
 
 
+class Buckets:
+    """A flat buffer for each bucket of a plan, on `device`. In host memory they are kept from
+    one update to the next: freed, buffers this large go back to the OS and are faulted in
+    again, page by page, inside the next update's broadcasts. GPU memory is not kept (torch's
+    allocator caches the blocks itself, and a whole model's copy would stay on the GPU)."""
+
+    def __init__(self, plan: BroadcastUpdateInfo, device: torch.device):
+        self.plan, self.device, self.kept = plan, device, {}
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        if k in self.kept:
+            return self.kept[k]
+        flat = torch.empty(self.plan.bucket_numel(self.plan.buckets[k]),
+                           dtype=self.plan.torch_dtype, device=self.device)
+        if self.device.type == "cpu":
+            self.kept[k] = flat
+        return flat
+
+
 def _numel(shape) -> int:
     n = 1
     for s in shape:
@@ -135,6 +154,7 @@ class BroadcastEngine(WeightTransferEngine[BroadcastInitInfo, BroadcastUpdateInf
         self.group: dist.ProcessGroup | None = None
         self.backend = "gloo"
         self.stats: dict = {}
+        self.buffers: Buckets | None = None
 
     def init_transfer_engine(self, init_info: BroadcastInitInfo) -> None:
         # This worker's rank in its engine, as vLLM numbers workers across replicas.
@@ -161,13 +181,14 @@ class BroadcastEngine(WeightTransferEngine[BroadcastInitInfo, BroadcastUpdateInf
         """Receive every bucket and load its tensors; bucket k+1 arrives while bucket k loads."""
         if self.group is None:
             raise RuntimeError("weight transfer: receive before init_weight_transfer_engine")
-        device = self.device if self.backend == "nccl" else torch.device("cpu")
+        if self.buffers is None or self.buffers.plan != update_info:
+            device = self.device if self.backend == "nccl" else torch.device("cpu")
+            self.buffers = Buckets(update_info, device)
         buckets = update_info.buckets
         pending = None
         for k in range(len(buckets) + 1):
             if k < len(buckets):
-                flat = torch.empty(update_info.bucket_numel(buckets[k]),
-                                   dtype=update_info.torch_dtype, device=device)
+                flat = self.buffers[k]
                 work = start_broadcast(self.group, flat)
             if pending is not None:
                 start = time.perf_counter()
@@ -226,7 +247,7 @@ class BroadcastTrainerEngine(TrainerWeightTransferEngine[BroadcastTrainerInitInf
         engine = cls(client=client, source=source, is_sender=init_info.is_sender)
         engine.plan = BroadcastUpdateInfo.plan(((m.name, m.shape) for m in source.metadata()),
                                                init_info.dtype, init_info.bucket_bytes)
-        engine.device = torch.device(init_info.device)
+        engine.buffers = Buckets(engine.plan, torch.device(init_info.device))
         engine.group, engine.stats = None, {}
         if engine.is_sender:
             worker_info = {"host": init_info.host, "port": init_info.port, "rank_offset": 1,
@@ -253,7 +274,7 @@ class BroadcastTrainerEngine(TrainerWeightTransferEngine[BroadcastTrainerInitInf
         # The generators receive while this sends: both inside the same broadcasts.
         received = pool.submit(self.client.update_weights, self.plan.to_dict())
         try:
-            self.stats = send_buckets(self.group, self.plan, tensors, self.device,
+            self.stats = send_buckets(self.group, self.plan, tensors, self.buffers,
                                       give_up=lambda: _failed(received))
         except BaseException:
             for _ in tensors:  # the other learners are gathering with this one: finish
@@ -277,7 +298,7 @@ def _failed(future: Future) -> BaseException | None:
 
 
 def send_buckets(group: dist.ProcessGroup, plan: BroadcastUpdateInfo,
-                 tensors: Iterator[tuple[str, torch.Tensor]], device: torch.device,
+                 tensors: Iterator[tuple[str, torch.Tensor]], buffers: Buckets,
                  give_up: Callable[[], BaseException | None] | None = None) -> dict:
     """Rank 0: pack the full tensors (in plan order) into buckets, cast to the wire dtype, and
     broadcast each, packing bucket k+1 while bucket k is on the wire.
@@ -287,8 +308,8 @@ def send_buckets(group: dist.ProcessGroup, plan: BroadcastUpdateInfo,
     packing and waiting for the wire."""
     stats = {"pack_s": 0.0, "send_s": 0.0}
     in_flight = None
-    for bucket in plan.buckets:
-        flat = torch.empty(plan.bucket_numel(bucket), dtype=plan.torch_dtype, device=device)
+    for k, bucket in enumerate(plan.buckets):
+        flat = buffers[k]
         offset = 0
         for i in bucket:
             name, tensor = next(tensors)

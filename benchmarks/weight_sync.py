@@ -1,17 +1,22 @@
-"""Weight sync: the project's bucketed sync vs one raw gloo broadcast of the same bytes.
+"""Weight sync: the project's sync vs its floor, a raw gloo broadcast of the same bytes plus
+vLLM's own load of the same tensors.
 
     python -m benchmarks.weight_sync [--quick]
 
 The project's figures come from a training run of the demo (benchmarks/project_runs.py; the
 `step` part's own run when the suite ran it first): every step's metrics.jsonl has the sync's
 bytes and its parts, timed where they happen (launch.cluster.Cluster.sync_weights): on learner
-0 gathering the full parameters, packing them into buckets and broadcasting them (send); on the
-slowest generator receiving them, loading them into vLLM (`reload_weights` and its
-re-processing of layers) and resetting the prefix cache; the whole is the driver's
-time/weight_sync_s. The baseline is what the wire alone costs: two local processes in one gloo
-group (torch.distributed, as the sync's group is), rank 0 broadcasting one flat tensor of the
-same number of bytes to rank 1, already allocated on both sides; its time is the slower rank's,
-median over rounds after an untimed one.
+0 gathering the full parameters, packing them into buckets and waiting for the broadcasts
+(send); on the slowest generator waiting for them (receive), loading them into vLLM (its
+layerwise reload, layers re-processed included) and resetting the prefix cache; the whole is
+the driver's time/weight_sync_s.
+
+The floor is what a sync cannot do without, measured in the same run: the wire, two local
+processes in one gloo group (torch.distributed, as the sync's group is), rank 0 broadcasting
+one flat tensor of the same number of bytes to rank 1, already allocated on both sides (the
+slower rank's time, median over rounds after an untimed one); plus vLLM's own load of the same
+tensors, `reload_weights` from memory in a vLLM engine of the same model and dtype
+(benchmarks/vllm_reload.py), median likewise. A sync that overlaps the two can beat their sum.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, load_avg, median, target
+from benchmarks.common import ROOT, child, demo_config, load_avg, median, target
 from benchmarks.project_runs import project_run
 from benchmarks.step import PROMPTS, precisions, project_steps
 
-TARGET = 1.5  # issue 10: the project's sync <= 1.5 x one raw broadcast of the same bytes
+TARGET = 1.2  # issue 17: the project's sync <= 1.2 x its floor (raw broadcast + vLLM's load)
 PARTS = ("gather", "pack", "send", "receive", "load", "cache_reset")
 
 
@@ -96,20 +101,30 @@ def run(quick: bool) -> dict:
     figures["load_avg_before_after"] = [mine["load_avg"]["before"][0],
                                         mine["load_avg"]["after"][0]]
     before = load_avg()
-    raw = raw_broadcast(figures["bytes"], 3 if quick else 10)
+    rounds = 3 if quick else 10
+    raw = raw_broadcast(figures["bytes"], rounds)
+    cfg = demo_config(sides["project"])
+    reload = child(["-m", "benchmarks.vllm_reload", "--model", cfg.model.path,
+                    "--dtype", cfg.model.rollout_dtype, "--rounds", str(rounds)])
+    floor = raw["seconds_median"] + median(reload["seconds"])
     baseline = {"raw_broadcast_s_median": raw["seconds_median"],
+                "vllm_reload_s_median": median(reload["seconds"]),
+                "floor_s": floor, "reload_bytes": reload["bytes"],
+                "reload_threads": reload["threads"],
                 "gb_per_s": figures["bytes"] / raw["seconds_median"] / 1e9,
                 "rounds": len(raw["seconds"]),
                 "load_avg_before_after": [before[0], load_avg()[0]]}
-    ratio = figures["sync_s_median"] / raw["seconds_median"]
+    ratio = figures["sync_s_median"] / floor
     return {
         "name": "weight_sync",
         "figures": {precision: figures},
         "baseline": {precision: baseline},
-        "ratios": {f"sync_vs_raw_broadcast_{precision}": ratio,
-                   f"send_vs_raw_broadcast_{precision}":
-                       figures["send_s_median"] / raw["seconds_median"]},
-        "targets": {f"sync_vs_raw_broadcast_{precision}": target(ratio, "<=", TARGET)},
+        "ratios": {f"sync_vs_floor_{precision}": ratio,
+                   f"sync_vs_raw_broadcast_{precision}":
+                       figures["sync_s_median"] / raw["seconds_median"],
+                   f"load_vs_vllm_reload_{precision}":
+                       figures["load_s_median"] / median(reload["seconds"])},
+        "targets": {f"sync_vs_floor_{precision}": target(ratio, "<=", TARGET)},
         "notes": [
             f"figures = the project's sync in a demo training run ({mine['settings']['dtype']} "
             f"learner, weights sent as {mine['settings']['generation_dtype']}), medians over "
@@ -119,8 +134,13 @@ def run(quick: bool) -> dict:
             "baseline = one dist.broadcast of a flat uint8 tensor of the same bytes between two "
             f"fresh local processes over gloo, median of {len(raw['seconds'])} rounds after an "
             "untimed one, the slower rank's time",
-            "send_vs_raw_broadcast: the project's broadcasts alone (its buckets, Ray actors, "
-            "vLLM's worker receiving) against the raw one",
+            f"floor = that broadcast + vLLM's own reload_weights of the model's "
+            f"{reload['bytes'] / 1e6:.0f} MB of tensors (cast to "
+            f"{mine['settings']['generation_dtype']}) from memory in a vLLM engine of "
+            f"{reload['threads']} threads, median of {len(reload['seconds'])} rounds after an "
+            "untimed one (benchmarks/vllm_reload.py)",
+            "load_vs_vllm_reload: the generator's load (its layerwise reload through vLLM's "
+            "weight-transfer API, tied layers re-processed) against vLLM's reload_weights",
         ],
     }
 
