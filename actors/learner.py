@@ -31,6 +31,7 @@ from drgrpo.batching import (
     response_logprobs,
 )
 from drgrpo.config import Config
+from drgrpo.metrics import LogprobAgreement
 
 
 class LearnerActor:
@@ -98,6 +99,11 @@ class LearnerActor:
         totals = {"loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0, "kl": 0.0,
                   "tis_weight": 0.0, "tis_clipped_tokens": 0.0,
                   "padded_positions": 0, "positions": 0}
+        # vLLM's log-probs against pi_old (these weights, before the update), over the
+        # on-policy tokens trained below; if no learner trains one, over untrained ones now.
+        agreement = LogprobAgreement()
+        if not self._trains_on_policy(everyone):
+            self._measure_untrained(agreement, [s for step in steps for s in step])
         grad_norms = []
         for epoch in range(epochs):
             for k, step in enumerate(active):
@@ -116,15 +122,16 @@ class LearnerActor:
                               place_response_logprobs([old[id(s)] for s in mb], batch))
                     ref_lp = (place_response_logprobs([ref[id(s)] for s in mb], batch)
                               if ref is not None else None)
-                    mu_lp = (place_response_logprobs(
-                        [torch.tensor(s.behaviour_logprobs) for s in mb], batch)
-                        if cfg.algorithm.tis_cap > 0 else None)
+                    mu_lp = _behaviour(mb, batch)
+                    if epoch == 0 and mu_lp is not None:
+                        agreement.add(old_lp, mu_lp, _on_policy_tokens(mb, batch))
                     loss, stats = policy_loss(
                         logprobs, old_lp, batch.advantages, batch.response_mask,
                         cfg.algorithm.method, cfg.algorithm.clip_eps, cfg.rollout.max_new_tokens,
                         num_responses=cfg.learner.train_batch_size,
                         ref_logprobs=ref_lp, kl_coef=cfg.algorithm.kl_coef,
-                        behaviour_logprobs=mu_lp, tis_cap=cfg.algorithm.tis_cap)
+                        behaviour_logprobs=mu_lp if cfg.algorithm.tis_cap > 0 else None,
+                        tis_cap=cfg.algorithm.tis_cap)
                     # FSDP and ZeRO average gradients over ranks; the loss is already a share
                     # of the global sum, so scale it back (drgrpo.algorithm.policy_loss).
                     self.backend.backward(loss * self.world_size)
@@ -133,12 +140,31 @@ class LearnerActor:
                                 "tis_clipped_tokens"):
                         totals[key] += stats[key].item()
                 grad_norms.append(self.backend.step())
+        totals.update(agreement.totals())
         totals["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         totals["optimizer_steps"] = len(grad_norms)
         totals["trained_responses"] = len(everyone)
         totals["seconds"] = time.perf_counter() - start
         self._release_cached_memory()
         return totals
+
+    def _trains_on_policy(self, trained: list[Sample]) -> bool:
+        """Whether any learner trains a response sampled by these weights, with vLLM's
+        log-probs (collective)."""
+        count = sum(s.on_policy and s.behaviour_logprobs is not None for s in trained)
+        count = torch.tensor([count], device=self.device)
+        dist.all_reduce(count)
+        return bool(count.item())
+
+    def _measure_untrained(self, agreement: LogprobAgreement, samples: list[Sample]) -> None:
+        """No learner trains an on-policy token (every group scored alike): measure the
+        agreement on a micro-batch of untrained ones instead, so every step has it.
+        Collective: every learner calls it, with its own samples (possibly none)."""
+        probe = [s for s in samples if s.on_policy and s.behaviour_logprobs is not None]
+        probe = probe[:self.cfg.learner.micro_batch_size]
+        for sample, learner in zip(probe, self._logprobs(probe)):
+            vllm = torch.tensor(sample.behaviour_logprobs)
+            agreement.add(learner, vllm, torch.ones_like(vllm))
 
     def _aligned_micro_batches(self, samples: list[Sample]) -> list[list[int] | None]:
         """Indices of `samples` per micro-batch (drgrpo.batching.micro_batches), padded with
@@ -258,6 +284,19 @@ class LearnerActor:
 
     def load_optimizer(self, folder: str) -> None:
         self.backend.load_optimizer(Path(folder) / "optimizer")
+
+
+def _behaviour(mb: list[Sample], batch) -> torch.Tensor | None:
+    """vLLM's log-probs of a micro-batch's sampled tokens, placed as the learner's are; None
+    unless every sample carries them."""
+    if any(s.behaviour_logprobs is None for s in mb):
+        return None
+    return place_response_logprobs([torch.tensor(s.behaviour_logprobs) for s in mb], batch)
+
+
+def _on_policy_tokens(mb: list[Sample], batch) -> torch.Tensor:
+    rows = torch.tensor([float(s.on_policy) for s in mb], device=batch.response_mask.device)
+    return batch.response_mask * rows[:, None]
 
 
 # Ray pickles a decorated class's methods by value; wrapping a plain importable class keeps

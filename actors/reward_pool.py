@@ -17,6 +17,8 @@ A worker that dies (its process killed, out of memory) or does not answer a chun
 chunk's own bound (each answer's wall-clock limit, one after another, plus a margin for a
 worker's start) is killed and replaced, and the chunk is graded again, by whichever worker is
 free; each restart goes to `faults` (launch/recovery.py: the log line, the counts, the limit).
+A worker whose own code raises is not replaced: the run stops with `ActorFailure`, one line
+naming the worker and its error.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import time
 from collections import deque
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayError
 
+from actors.failures import ActorFailure, lost, root_cause
 from drgrpo.rewards import DEFAULT_TIMEOUT_S, Grader, Pair, Verdict, plan
 
 # Beyond its answers' own limits, a chunk may wait this long: for a replaced worker to start
@@ -100,7 +103,9 @@ class RewardPool:
                 k, j, _ = running.pop(ready[0])
                 try:
                     _, chunk = ray.get(ready[0])
-                except RayActorError:
+                except RayError as err:
+                    if not lost(err):  # its own code raised: a new worker would raise again
+                        raise ActorFailure(f"reward worker {k}", root_cause(err)) from None
                     failed.append((k, j, "its process died (killed, out of memory, or its "
                                          "node was lost)"))
                 else:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from drgrpo.algorithm import token_logprobs
 from drgrpo.config import Config
@@ -132,6 +133,11 @@ class FSDPBackend:
 
     def full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Collective: every rank must iterate to the end; each tensor is complete on all."""
+        # A forward without a backward (log-probs without gradients) leaves the root module
+        # unsharded: its parameters are then plain tensors, not the sharded DTensors.
+        for module in self.module.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
         for name, param in self.module.named_parameters():
             yield _hf_name(name), param.full_tensor().detach()
 

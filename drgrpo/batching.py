@@ -24,9 +24,12 @@ class Sample:
     prompt_ids: list[int]
     response_ids: list[int]
     advantage: float
-    # log mu of each response token under the policy that sampled it (vLLM), for truncated
-    # importance sampling (algorithm.tis_cap); None when not asked for
+    # log mu of each response token under the policy that sampled it (vLLM): for truncated
+    # importance sampling (algorithm.tis_cap), and the log-prob agreement gauge
     behaviour_logprobs: list[float] | None = None
+    # sampled by the weights being trained, not older ones (rollout.max_staleness): only
+    # then do mu and the learner's log-probs measure the same policy
+    on_policy: bool = True
 
 
 def plan_steps(samples: list[Sample], train_batch_size: int, num_learners: int,

@@ -34,6 +34,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from drgrpo.rewards import DEFAULT_TIMEOUT_S
 
+# cluster.max_logprob_diff's default: about ten times the largest logprob/abs_diff_mean of a
+# healthy bfloat16 demo run (0.0085 to 0.0226 over 8 steps, 2026-12-06; the largest single
+# token's difference, logprob/abs_diff_max, was 0.37 to 0.81).
+LOGPROB_DIFF_LIMIT = 0.2
+
 # coerce_numbers_to_str: `path: 2024` in YAML means the string, not a type error.
 _STRICT = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 _Beta = Annotated[float, Field(ge=0, lt=1)]
@@ -120,6 +125,7 @@ class ClusterConfig(BaseModel):
     placement_timeout_s: float = Field(600.0, gt=0, description="Stop, saying what is missing, when the Ray cluster cannot hold every actor within this many seconds.")
     sync_timeout_s: float = Field(600.0, gt=0, description="Any weight-sync collective that takes longer than this fails (instead of NCCL's or gloo's own default); the driver also gives a whole sync this long (plus 30 s) before it takes a member that has not answered for dead, restarts it if it is a generator and redoes the sync.")
     generate_timeout_s: float = Field(1800.0, gt=0, description="A generator that has not answered a generate call this many seconds after the driver started waiting for it is taken for hung: it is killed, restarted on its bundle, and the call's prompts are sampled again with the same seeds.")
+    max_logprob_diff: float = Field(LOGPROB_DIFF_LIMIT, ge=0, description="Stop the run when a step's logprob/abs_diff_mean (vLLM's log-probs of the tokens it sampled against the learners', over responses sampled by the weights being trained) exceeds this: the generators are not sampling from the learners' weights. The default is about ten times what healthy bfloat16 runs of the demo show; 0 = never stop.")
     max_actor_restarts: int = Field(3, ge=0, description="Restarts allowed per generator or reward worker (each counted in faults/*); one more failure of the same actor stops the run, naming it.")
 
     @model_validator(mode="after")
@@ -176,11 +182,13 @@ CROSS_FIELD_RULES = (
     "learner.train_batch_size is divisible by cluster.num_learners: every learner gets an equal share of a step.",
     "cluster.colocate needs cluster.num_generators == cluster.num_learners and cluster.generator_tp 1: generator i shares learner i's GPU.",
     "rollout.max_staleness > 0 needs cluster.colocate false: colocated generators sleep while the learners train.",
+    "cluster.generator_labels needs cluster.colocate false: colocated generators run on the learners' nodes (cluster.learner_labels places both).",
+    "algorithm.tis_cap > 0 needs rollout.top_p 1: vLLM's log-probs are of the top-p truncated distribution, the learner's of the full one, and a ratio of two different distributions is no importance weight.",
 )
 _CROSS_FIELD_PATHS = (
     "rollout.prompts_per_step", "rollout.samples_per_prompt", "learner.train_batch_size",
     "cluster.num_learners", "cluster.colocate", "cluster.num_generators", "cluster.generator_tp",
-    "rollout.max_staleness",
+    "rollout.max_staleness", "cluster.generator_labels", "algorithm.tis_cap", "rollout.top_p",
 )
 
 
@@ -214,6 +222,18 @@ def _cross_field_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     if have("rollout.max_staleness", "cluster.colocate") and v["rollout.max_staleness"] and v["cluster.colocate"]:
         why = "colocated generators sleep while the learners train, so nothing can overlap: set cluster.colocate false"
         out.append(("rollout.max_staleness", why))
+    if have("cluster.generator_labels", "cluster.colocate") and v["cluster.generator_labels"] \
+            and v["cluster.colocate"]:
+        # Else silently ignored: the labelled generator nodes would sit idle.
+        why = ("colocated generators run on the learners' nodes, so these labels would place "
+               "nothing: set cluster.colocate false, or label the nodes with cluster.learner_labels")
+        out.append(("cluster.generator_labels", why))
+    if have("algorithm.tis_cap", "rollout.top_p") and v["algorithm.tis_cap"] > 0 and v["rollout.top_p"] < 1:
+        # vLLM returns processed log-probs (after top-p), the learner computes full-softmax ones.
+        why = (f"needs rollout.top_p 1 (got {v['rollout.top_p']}): vLLM's log-probs are of the top-p "
+               "truncated, renormalised distribution and the learner's of the full one, so their "
+               "ratio is not an importance weight")
+        out.append(("algorithm.tis_cap", why))
     return out
 
 

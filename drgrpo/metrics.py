@@ -6,6 +6,37 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+class LogprobAgreement:
+    """How far vLLM's log-probs of the sampled tokens are from the learner's first pass over
+    the same tokens, |log pi_old - log mu|, over responses sampled by the weights being
+    trained. Healthy, it is the two dtypes' and kernels' rounding; weights that did not reach
+    vLLM (a dropped sleep-mode weight, a stale prefix cache, a failed sync) make it jump."""
+
+    def __init__(self):
+        self.sum, self.tokens, self.max = 0.0, 0, 0.0
+
+    def add(self, learner, vllm, mask) -> None:
+        """Tensors of one batch; `mask` 1 at the tokens to count."""
+        diff = (learner.float() - vllm.float()).abs() * mask
+        self.sum += float(diff.sum())
+        self.tokens += int(mask.sum())
+        if self.tokens:
+            self.max = max(self.max, float(diff.max()))
+
+    def totals(self) -> dict:
+        return {"logprob_diff_sum": self.sum, "logprob_diff_tokens": self.tokens,
+                "logprob_diff_max": self.max}
+
+
+def logprob_agreement(per_learner: Sequence[dict]) -> dict:
+    """The learners' LogprobAgreement totals as metrics; none when no token was measured."""
+    tokens = sum(r["logprob_diff_tokens"] for r in per_learner)
+    if not tokens:
+        return {}
+    return {"logprob/abs_diff_mean": sum(r["logprob_diff_sum"] for r in per_learner) / tokens,
+            "logprob/abs_diff_max": max(r["logprob_diff_max"] for r in per_learner)}
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 

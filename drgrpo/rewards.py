@@ -55,12 +55,9 @@ from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Self
 
 from drgrpo.templates import check_template
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 # Hard limit per answer, in CPU seconds of the grading process (see `Grader`). Measured on
 # the 286 real references rewritten as `(a)/(b)`, `(x)^{1/2}` (correct, and math-verify has to

@@ -25,6 +25,7 @@ from actors.reward_pool import RewardPool
 from actors.weight_sync import engine_for
 from drgrpo.batching import Sample
 from drgrpo.config import Config
+from drgrpo.metrics import logprob_agreement
 from drgrpo.seeds import request_seeds
 from launch import recovery
 from launch.recovery import FaultLog
@@ -326,6 +327,8 @@ class Cluster:
             # every learner) that were right-padding: compute spent on nothing.
             "learner/padding_fraction": sum(r["padded_positions"] for r in results)
             / max(sum(r["positions"] for r in results), 1),
+            # vLLM's log-probs of the sampled tokens against the learners' (drgrpo.metrics).
+            **logprob_agreement(results),
         }
 
     def sync_weights(self, version: int) -> dict:

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from actors.failures import RunError
 from drgrpo.config import Config
 from drgrpo.data import DataError, Problem, load_problems
 from drgrpo.templates import apply_template
@@ -31,10 +32,23 @@ from launch.pipeline import Rollout, rollouts_from_json, rollouts_to_json
 from launch.recovery import FaultLog
 
 CHECKPOINT = re.compile(r"^step_(\d{6,})$")
+ROLLOUTS = "rollouts.json"  # in a checkpoint: the rollouts it kept for the steps after it
 
 
 class InputError(Exception):
     """Bad user input found before any actor starts; the message is one line."""
+
+
+def check_agreement(metrics: dict, limit: float) -> None:
+    """Stop (`RunError`, one line) when the step's generators sampled from other weights than
+    the learners trained: their log-probs of their own samples part from the learners'."""
+    diff = metrics.get("logprob/abs_diff_mean")
+    if limit and diff is not None and diff > limit:
+        raise RunError(
+            f"step {metrics['step']}: vLLM's log-probs of the sampled tokens differ from the "
+            f"learners' by {diff:.3g} on average (max {metrics['logprob/abs_diff_max']:.3g}), "
+            f"over cluster.max_logprob_diff {limit:g}: the generators are not sampling from "
+            "the weights being trained (did a weight sync not reach them?)")
 
 
 @dataclass
@@ -91,6 +105,7 @@ class Run:
     loggers: Loggers
     actors: dict = field(default_factory=dict)  # name -> node, pid, start-up times
     faults: FaultLog | None = None  # actors restarted (launch/recovery.py), for the whole run
+    saved: list[Rollout] = field(default_factory=list)  # read, and checked, by `prepare`
 
     def __post_init__(self):
         if self.faults is None:
@@ -99,8 +114,7 @@ class Run:
 
     def saved_rollouts(self) -> list[Rollout]:
         """The rollouts a resumed checkpoint kept for the steps after it (see save_checkpoint)."""
-        path = self.resume_from / "rollouts.json" if self.resume_from else None
-        return rollouts_from_json(path.read_text()) if path and path.is_file() else []
+        return self.saved
 
     def clock(self, wall_time: float) -> float:
         """A `time.time()` reading as seconds since the run started (resumed runs included)."""
@@ -160,6 +174,7 @@ class Run:
         progress.update(1)
         progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
                              step_s=f"{metrics['time/step_s']:.1f}", refresh=False)
+        check_agreement(metrics, self.cfg.cluster.max_logprob_diff)
 
     # --- checkpoints and the end -----------------------------------------------------------------
 
@@ -174,7 +189,7 @@ class Run:
         tmp.mkdir(parents=True)
         cluster.save(str(tmp))
         if in_flight:
-            (tmp / "rollouts.json").write_text(rollouts_to_json(in_flight))
+            (tmp / ROLLOUTS).write_text(rollouts_to_json(in_flight))
         _load_tokenizer(self.model_path, self.cfg.model.trust_remote_code).save_pretrained(
             tmp / "model")
         self.state.wall_time_s = time.time() - self.state.started_at
@@ -220,6 +235,7 @@ def prepare(cfg: Config) -> Run:
         if not (resume_from / "trainer_state.json").is_file():
             raise InputError(f"trainer.resume: {resume_from} is not a complete checkpoint "
                              "(no trainer_state.json)")
+    saved = _saved_rollouts(resume_from, cfg) if resume_from else []
     model_path = str(resume_from / "model") if resume_from else cfg.model.path
     tokenizer = _load_tokenizer(model_path, cfg.model.trust_remote_code)
 
@@ -262,7 +278,24 @@ def prepare(cfg: Config) -> Run:
     except LoggerStartError as err:
         raise InputError(f"trainer.loggers: {err}") from None
     return Run(cfg, model_path, train_set, eval_sets, max_model_len, state, resume_from,
-               output_dir, loggers)
+               output_dir, loggers, saved=saved)
+
+
+def _saved_rollouts(checkpoint: Path, cfg: Config) -> list[Rollout]:
+    path = checkpoint / ROLLOUTS
+    if not path.is_file():
+        return []
+    try:
+        rollouts = rollouts_from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"trainer.resume: cannot read {path}: {type(err).__name__}: {err}") from None
+    # Else the first learner to train on them fails mid-run, its actors all up.
+    if cfg.algorithm.tis_cap > 0 and any(c.logprobs is None for r in rollouts for c in r.completions):
+        raise InputError(
+            f"algorithm.tis_cap: {cfg.algorithm.tis_cap:g} weights each token by vLLM's log-prob, "
+            f"but the rollouts in {path} were saved without them: resume with "
+            "algorithm.tis_cap 0")
+    return rollouts
 
 
 def absolute_output_dir(cfg: Config) -> Path:

@@ -68,7 +68,9 @@ def _steps(cfg: Config, run: Run, cluster) -> dict:
         cluster.sync_weights(version=state.step)
     G, template = cfg.rollout.samples_per_prompt, cfg.data.template
     sampling = Sampling(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens,
-                        tuple(stop_strings(template)), logprobs=cfg.algorithm.tis_cap > 0)
+                        # vLLM's log-probs of what it sampled: truncated importance sampling
+                        # uses them, and every step checks them against the learners'.
+                        tuple(stop_strings(template)), logprobs=True)
 
     def questions(step: int) -> tuple[list[Problem], list[str]]:
         problems = run.prompts_for_step(step)
@@ -102,8 +104,10 @@ def _steps(cfg: Config, run: Run, cluster) -> dict:
             advantages = group_advantages(rewards, G, cfg.algorithm.method)
 
             # 4. Policy update (step - 1 -> step): the rollout, as optimizer steps of
-            #    train_batch_size; vLLM's own log-probs go along for importance sampling.
-            samples = [Sample(c.prompt_ids, c.response_ids, a, c.logprobs)
+            #    train_batch_size; vLLM's own log-probs go along, for importance sampling and
+            #    to check that it samples from the weights being trained.
+            samples = [Sample(c.prompt_ids, c.response_ids, a, c.logprobs,
+                              on_policy=c.version == step - 1)
                        for c, a in zip(completions, advantages.tolist())]
             plan = plan_steps(samples, cfg.learner.train_batch_size, cfg.cluster.num_learners,
                               seed=cfg.trainer.seed * 100_003 + step)

@@ -163,10 +163,25 @@ def test_missing_values_and_required_fields():
     (["--learner.train_batch_size", "96"], "learner.train_batch_size: must divide rollout.prompts_per_step x rollout.samples_per_prompt = 128 x 8 = 1024 (got 96)"),
     (["--cluster.num_learners", "3"], "learner.train_batch_size: must be divisible by cluster.num_learners = 3 (got 128)"),
     (["--cluster.colocate", "true", "--cluster.num_generators", "2"], "cluster.colocate: generator i shares learner i's GPU"),
+    (["--cluster.colocate", "true", "--cluster.generator_labels", "{pool: gen}"],
+     "cluster.generator_labels: colocated generators run on the learners' nodes"),
+    (["--algorithm.tis_cap", "2", "--rollout.top_p", "0.95"],
+     "algorithm.tis_cap: needs rollout.top_p 1 (got 0.95): vLLM's log-probs are of the top-p truncated"),
 ])
 def test_cross_field_rules(flags, expected):
     [found] = problems(None, [*REQUIRED, *flags])
     assert found.startswith(expected)
+
+
+@pytest.mark.parametrize("flags", [
+    # Colocated generators follow the learners, so the learners' labels place both.
+    ["--cluster.colocate", "true", "--cluster.learner_labels", "{pool: train}"],
+    ["--cluster.generator_labels", "{pool: gen}", "--cluster.learner_labels", "{pool: train}"],
+    ["--algorithm.tis_cap", "2", "--rollout.top_p", "1"],
+    ["--rollout.top_p", "0.95"],
+])
+def test_near_misses_of_the_cross_field_rules_are_accepted(flags):
+    load_config(None, [*REQUIRED, *flags])
 
 
 @pytest.mark.parametrize("loggers, expected", [

@@ -8,10 +8,10 @@ package index (CI has it); it took 4 to 17 s here.
 
 import os
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from actors.failures import ActorFailure  # noqa: E402
 from actors.reward_pool import RewardPool  # noqa: E402
 from drgrpo.rewards import Verdict, grade_response  # noqa: E402
 
@@ -85,3 +86,21 @@ def test_dead_and_hung_workers_are_replaced_and_their_chunks_graded_again(ray_lo
     assert reasons.keys() == {"reward worker 0", "reward worker 1"}, reasons
     assert reasons["reward worker 0"].startswith("its process died"), reasons
     assert reasons["reward worker 1"].startswith("no answer within 2"), reasons
+
+
+def test_a_worker_whose_grader_raises_stops_the_batch_in_one_line(ray_local):
+    """Not a lost worker but its own code raising (here: a Grader closed, as one closes itself
+    when a grading process cannot start): a new worker would raise again, so the run stops
+    with one line naming the worker and its error, not Ray's traceback."""
+    pool = RewardPool(2, timeout_s=1.0, wall_timeout_s=1.0, options={"num_cpus": 0})
+    ray.get(pool.workers[1].__ray_call__.remote(lambda self: self.grader.close()))
+    rows = [(f"so \\boxed{{{n}}}", str(n)) for n in range(16)]  # chunks for both workers
+    responses, answers = map(list, zip(*rows))
+    try:
+        with pytest.raises(ActorFailure) as info:
+            pool.score(responses, answers, "qwen_math", [False] * 16)
+    finally:
+        for actor in pool.workers:
+            ray.kill(actor)
+    assert str(info.value) == "reward worker 1 failed: RuntimeError: the Grader is closed"
+    assert not info.value.lost and pool.faults.events == []

@@ -57,12 +57,15 @@ def test_weight_sync_makes_generator_match_learner(ray_local, request, tmp_path,
         stale = ray.get(generator.prompt_logprobs.remote(ids))
         assert stale == pytest.approx(before, abs=1e-6)  # nothing changes before a sync
 
+        # A pass without gradients right before a sync (FSDP2 leaves its root unsharded).
+        learner_trained = ray.get(learner.sequence_logprobs.remote(ids))
         sync = cluster.sync_weights(version=1)
         # Through vLLM's weight-transfer API, which versions each update it finishes.
         assert ray.get(generator.weight_version.remote()) == "1"
         after = ray.get(generator.prompt_logprobs.remote(ids))
         learner_after = ray.get(learner.sequence_logprobs.remote(ids))
         assert after == pytest.approx(learner_after, abs=1e-4)
+        assert learner_trained == learner_after
         assert max(abs(a - b) for a, b in zip(after, before)) > 1e-2
         assert sync["bytes"] > 0
     finally:
