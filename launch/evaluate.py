@@ -120,6 +120,16 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def _temperature(text: str) -> float:
     try:
         value = float(text)
@@ -151,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--generate-timeout-s", type=_positive_float, default=1800.0,
+                   help="a generator that has not answered a call this long is restarted "
+                        "and its prompts sampled again (as cluster.generate_timeout_s)")
     return p
 
 
@@ -242,6 +255,7 @@ def prepare(args: argparse.Namespace) -> Job:
         "max_new_tokens": args.max_new_tokens, "max_model_len": max_model_len,
         "limit": args.limit, "seed": args.seed, "dtype": args.dtype, "device": args.device,
         "num_generators": args.num_generators, "num_reward_workers": args.num_reward_workers,
+        "generate_timeout_s": args.generate_timeout_s,
     }
     return Job(args.model, args.template, benchmarks, eval_cfg, max_model_len, output, settings)
 
@@ -265,7 +279,8 @@ def run(job: Job) -> tuple[dict, list[dict]]:
             job.model, dtype=job.settings["dtype"], device=device,
             num_generators=job.settings["num_generators"],
             num_reward_workers=job.settings["num_reward_workers"],
-            max_model_len=job.max_model_len, seed=job.settings["seed"])
+            max_model_len=job.max_model_len, seed=job.settings["seed"],
+            generate_timeout_s=job.settings["generate_timeout_s"])
         try:
             start = time.perf_counter()
             metrics, records = evaluate(cluster, job.benchmarks, job.template, job.eval_cfg,

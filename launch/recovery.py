@@ -26,9 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import ray
-
-from actors.failures import ActorFailure, Outcome, RunError, gather
+from actors.failures import ActorFailure, Outcome, RunError
 from actors.weight_sync import GeneratorsFailed
 
 KINDS = {"generator": "faults/generator_restarts", "reward worker": "faults/reward_restarts"}
@@ -118,11 +116,7 @@ def restart_generator(cluster, i: int, reason: str, then: str = "",
     caller does next, for the log line."""
     name = f"generator {i}"
     started = cluster.faults.begin(name, reason)
-    ray.kill(cluster.generators[i])
-    cluster.generators[i] = cluster.new_generator(i)
-    cluster.actors[name] = gather([cluster.generators[i].ready.remote()], [name],
-                                  cluster.cfg.cluster.placement_timeout_s)[0]
-    cluster.sync_group_stale = True  # every member opens a new group before the next sync
+    cluster.replace(i)
     if send_weights:
-        cluster.sync_weights(cluster.weights_version)
+        cluster.resend_weights()
     cluster.faults.record(name, reason, f"restarted on bundle {i}{then}", started)

@@ -232,3 +232,42 @@ def test_bad_input_is_one_line_before_ray(tiny_model_path, shared_data_dir, tmp_
     if case == "unknown benchmark":  # names what there is
         assert "aime24, amc23, math500, minerva, olympiad_bench" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_engine_killed_mid_evaluation_is_recovered(tiny_model_path, shared_data_dir, tmp_path):
+    """`launch.evaluate` borrows the training cluster's recovery: a generator whose vLLM engine
+    dies is replaced on its bundle and its prompts sampled again, with their own seeds, so
+    the results are those of a run without the fault."""
+    import signal
+    import time
+
+    import psutil
+
+    out = {name: tmp_path / name for name in ("clean", "killed")}
+    args = ["--model", str(tiny_model_path), "--template", "qwen_math", "--benchmarks",
+            "math500", "--data-dir", str(shared_data_dir / "eval"), "--limit", "24",
+            "--samples", "4", "--temperature", "1.0", "--max-new-tokens", "64",
+            "--device", "cpu", "--dtype", "float32"]
+    clean = run_cli(*args, "--output", str(out["clean"]))
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "launch.evaluate", *args, "--output",
+                             str(out["killed"])], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline, killed = time.monotonic() + 300, False
+    while not killed and time.monotonic() < deadline and proc.poll() is None:
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                generating = any(q.cmdline()[:1] == ["ray::GeneratorActor.generate"]
+                                 for q in [p.parent()] if q)
+                if generating and p.name().startswith("VLLM::EngineCore"):
+                    p.send_signal(signal.SIGKILL)
+                    killed = True
+            except psutil.Error:
+                pass
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert killed, "the engine was not caught generating"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "recovered: generator 0 failed" in stderr, stderr[-3000:]
+    records = [(out[k] / "generations.jsonl").read_text() for k in ("clean", "killed")]
+    assert records[0] == records[1]

@@ -116,6 +116,33 @@ def test_engine_core_killed_while_generating(workdir, answering_run, fault_free)
     assert "killed by SIGKILL" in line and "restarted on bundle 0" in line, line
 
 
+def test_generator_actor_killed_and_its_engine_with_it(workdir, answering_run,  # noqa: F811
+                                                       fault_free):  # noqa: F811
+    """The generator's Ray actor process killed mid-rollout, not its engine: the run recovers
+    as from a dead engine, and no process of the old generator outlives the recovery. (vLLM
+    #55510: an engine-core process that does not notice its parent's death keeps, on a GPU,
+    the memory its replacement needs, so `restart_generator` ends the lost actor's process
+    tree. On this CPU vLLM 0.32's engine exits by itself within 0.4 s of its actor, Ray's own
+    clean-up of a dead worker's children off or on, so this test passes without that too.)"""
+    out = workdir / "faults-actor"
+    engines, alive = [], []
+
+    def kill_actor(run):
+        actor = wait_for(run, "ray::GeneratorActor.generate")  # step 2's rollout
+        engines.extend(actor.children(recursive=True))
+        actor.send_signal(signal.SIGKILL)
+        # Once step 2 is logged, the generator has been replaced: its engine must be gone.
+        while len(read_metrics(out)) < 2 and run.is_running():
+            time.sleep(0.05)
+        alive.extend(p.pid for p in engines
+                     if p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+
+    code, stderr = chaos_run(workdir, out, [*answering_run, *FLAGS], kill_actor)
+    check(out, code, stderr, fault_free, 1, 0, "generator 0 failed")
+    assert engines, "the generator actor had no engine process to leave behind"
+    assert not alive, f"the killed generator's engine processes {alive} outlived it"
+
+
 def test_reward_worker_killed(workdir, answering_run, fault_free):  # noqa: F811
     def kill_grader(run):
         wait_for(run, "ray::RewardWorkerActor").send_signal(signal.SIGKILL)
