@@ -163,3 +163,58 @@ def test_frozen_generator(workdir, answering_run, fault_free):  # noqa: F811
                                             "--cluster.generate_timeout_s", "15",
                                             "--cluster.sync_timeout_s", "15"], freeze)
     check(out, code, stderr, fault_free, 1, 0, "no answer within 15 s")
+
+
+# --- asynchronous runs (rollout.max_staleness 1): the generator samples step s+1 while the
+# learner trains step s.
+
+ASYNC = ["--rollout.max_staleness", "1", "--algorithm.tis_cap", "2"]
+
+
+@pytest.fixture(scope="module")
+def async_fault_free(workdir, answering_run):  # noqa: F811
+    out = workdir / "faults-async-none"
+    proc = small_run(workdir, out, *answering_run, *FLAGS, *ASYNC)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_metrics(out)
+
+
+def test_async_engine_killed(workdir, answering_run, async_fault_free):  # noqa: F811
+    """The lost rollout is sampled again, with its own seeds, by a generator that starts from
+    the weights last sent: fresher than those that sampled it first. So the run differs from
+    a fault-free one from that step on (README, "When things fail"): that step's responses
+    are less stale, and the staleness bound holds throughout."""
+    def kill_engine(run):
+        wait_for(run, "ray::GeneratorActor.generate")
+        wait_for(run, "VLLM::EngineCore").send_signal(signal.SIGKILL)
+
+    out = workdir / "faults-async-engine"
+    code, stderr = chaos_run(workdir, out, [*answering_run, *FLAGS, *ASYNC], kill_engine)
+    assert code == 0, stderr[-3000:]
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert records[-1]["faults/generator_restarts"] == 1
+    assert all(r["staleness/max"] <= 1 for r in records)
+    differ = [k for k, (a, b) in enumerate(zip(records, async_fault_free))
+              if comparable(a) != comparable(b)]
+    if differ:  # the re-sampled rollout, and what it trained, from its step on
+        k = differ[0]
+        assert differ == list(range(k, STEPS)), differ
+        assert records[k]["staleness/mean"] < async_fault_free[k]["staleness/mean"]
+
+
+def test_async_learner_killed(workdir, answering_run, async_fault_free):  # noqa: F811
+    """The run restarts from its step-1 checkpoint, which keeps the rollout that was being
+    sampled for step 2 (by the weights before update 1), so it logs what the fault-free
+    asynchronous run logs."""
+    def kill_learner(run):
+        os.kill(wait_for(run, "ray::LearnerActor.train").pid, signal.SIGKILL)
+
+    out = workdir / "faults-async-learner"
+    code, stderr = chaos_run(workdir, out, [*answering_run, *FLAGS, *ASYNC,
+                                            "--trainer.save_every", "1"], kill_learner)
+    assert code == 0, stderr[-3000:]
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert records[-1]["faults/run_restarts"] == 1
+    assert [comparable(r) for r in records] == [comparable(r) for r in async_fault_free]

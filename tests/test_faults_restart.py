@@ -3,6 +3,8 @@ a lost node would kill it, mid-run. The driver must restart the run from its lat
 checkpoint, and the restarted run must log what a run without the fault logs."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,9 +32,11 @@ def start_run(workdir, out, *flags) -> subprocess.Popen:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def kill_learner(proc: subprocess.Popen, checkpoint, method: str | None, timeout=600) -> str:
+def kill_learner(proc: subprocess.Popen, checkpoint, method: str | None, timeout=600,
+                 freeze_generator: bool = False) -> str:
     """SIGKILL this run's learner once `checkpoint` is complete and the learner runs `method`
-    (any, if None); returns the process title it had when killed."""
+    (any, if None); returns the process title it had when killed. `freeze_generator`: instead
+    of the learner, SIGSTOP the run's generator actor at that moment."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -42,6 +46,12 @@ def kill_learner(proc: subprocess.Popen, checkpoint, method: str | None, timeout
                     title = " ".join(child.cmdline()).strip()
                     if title.startswith("ray::LearnerActor") and (
                             method is None or title.startswith(f"ray::LearnerActor.{method}")):
+                        if freeze_generator:
+                            for other in psutil.Process(proc.pid).children(recursive=True):
+                                if " ".join(other.cmdline()).startswith("ray::GeneratorActor"):
+                                    os.kill(other.pid, signal.SIGSTOP)
+                                    return title
+                            continue
                         child.kill()
                         return title
                 except psutil.NoSuchProcess:
@@ -91,6 +101,28 @@ def test_killed_learner_restarts_the_run_from_its_checkpoint(workdir, answering_
     assert (restart["actor"], restart["failed_at_step"], restart["resumed_from_step"],
             restart["checkpoint"]) == ("learner 0", 3, 2, str(chaos / "checkpoints" / "step_000002"))
     assert "process died" in restart["reason"] and restart["at"]
+
+
+def test_learner_0_killed_in_a_weight_sync_is_blamed_not_the_generators(workdir,
+                                                                       answering_run):
+    """Learner rank 0 drives the generators in a sync: killed there, it is the one to blame
+    (a run restart from the checkpoint), not the generators left waiting on it, and no
+    generator restart is counted. The generator is frozen (SIGSTOP) once step 3 trains, so
+    the learner is still in its sync when it is killed."""
+    flags = [*answering_run, "--trainer.max_steps", "3", "--trainer.save_every", "2"]
+    out = workdir / "restart-in-sync"
+    proc = start_run(workdir, out, *flags)
+    kill_learner(proc, out / "checkpoints" / "step_000002", "train", freeze_generator=True)
+    title = kill_learner(proc, out / "checkpoints" / "step_000002", "send_weights")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert title.startswith("ray::LearnerActor.send_weights")
+    restarts = [line for line in err.replace("\r", "\n").splitlines() if "restart" in line]
+    assert len(restarts) == 1 and restarts[0].startswith("restarting run (1/3): learner 0 "
+                                                         "failed"), err[-3000:]
+    got = read_metrics(out)
+    assert [r["step"] for r in got] == [1, 2, 3]
+    assert got[-1]["faults/generator_restarts"] == 0 and got[-1]["faults/run_restarts"] == 1
 
 
 def test_no_restarts_left_is_one_line_naming_the_learner_and_checkpoint(workdir, tmp_path):
