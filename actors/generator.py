@@ -258,5 +258,13 @@ class GeneratorActor:
         at wake-up, vLLM #15254)."""
         self.llm.wake_up(tags=tags)
 
+    def gpu_free_gib(self) -> tuple[float, float]:
+        """(free, total) GiB of this actor's GPU, as CUDA reports it: what the doctor
+        (launch/doctor.py) reads around `sleep` and `wake_up`."""
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return free / 2**30, total / 2**30
+
 
 Generator = ray.remote(GeneratorActor)

@@ -204,6 +204,119 @@ class LearnerActor:
         sample = Sample(token_ids[:1], token_ids[1:], 0.0)
         return self._logprobs([sample])[0].tolist()
 
+    def sequence_logprobs_at(self, token_ids: list[int], temperature: float) -> list[float]:
+        """`sequence_logprobs` at `temperature` instead of the rollout's: 1.0 is what vLLM's
+        prompt log-probs are computed at (launch/doctor.py compares the two). Collective."""
+        policy = getattr(self.backend.module, "module", self.backend.module)  # DeepSpeed wraps it
+        rollout_temperature, policy.temperature = policy.temperature, temperature
+        try:
+            return self.sequence_logprobs(token_ids)
+        finally:
+            policy.temperature = rollout_temperature
+
+    # --- `python -m launch.doctor`: one real optimizer step, then everything put back ------
+
+    def trial_step(self, samples: list[Sample]) -> dict:
+        """One real optimizer step (`train`) on this rank's share `samples`, after which the
+        weights and the optimizer are put back exactly as they were, so the doctor can show
+        that the learners train without changing the run. Collective: every learner calls it.
+
+        Returns the step's `loss` and `grad_norm`, `moved` (the largest change it made to a
+        weight this rank holds), and the proof that all is back: `checksum_before` and
+        `checksum_after` (the float64 sum of |x| over every tensor it restored) and `restored`
+        (each of them bit for bit what it was). The copies live in host memory meanwhile:
+        this rank's share of the weights, master weights and optimizer state."""
+        self._reshard()
+        weights, state = self._trial_tensors()
+        kept = weights + state
+        copies = [self._local(t).detach().to("cpu", copy=True) for t in kept]
+        checksum_before = self._checksum(copies)
+        optimizer = self._torch_optimizer()
+        held = {p: dict(s) for p, s in optimizer.state.items()}  # AdamW's state, key by key
+        engine = self.backend.module
+        counters = {k: getattr(engine, k) for k in ("global_steps", "global_samples",
+                                                    "micro_steps", "skipped_steps")
+                    if hasattr(engine, k)}  # DeepSpeed's step counts
+
+        stats = self.train([samples])
+        self._reshard()
+        with torch.no_grad():
+            moved = max((float((self._local(t).detach().cpu().double() - c.double()).abs().max())
+                         for t, c in zip(weights, copies) if c.numel()), default=0.0)
+            for t, c in zip(kept, copies):
+                self._local(t).copy_(c)
+            for p in [p for p in optimizer.state if p not in held]:
+                del optimizer.state[p]  # state the step created: the first step's
+            for p, s in held.items():
+                optimizer.state[p] = s
+            for k, v in counters.items():
+                setattr(engine, k, v)
+            self._regather_zero3()
+        weights, state = self._trial_tensors()
+        now = [self._local(t).detach().cpu() for t in weights + state]
+        restored = len(now) == len(copies) and all(
+            a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(now, copies))
+        return {"loss": stats["loss"], "grad_norm": stats["grad_norm"],
+                "optimizer_steps": stats["optimizer_steps"], "moved": moved,
+                "checksum_before": checksum_before, "checksum_after": self._checksum(now),
+                "restored": restored, "tensors": len(copies)}
+
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        """torch's AdamW itself: DeepSpeed's ZeRO optimizer wraps it (and its parameters are
+        the float32 master partitions); FSDP's is the optimizer of the sharded parameters."""
+        optimizer = self.backend.optimizer
+        return getattr(optimizer, "optimizer", optimizer)
+
+    def _trial_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """What an optimizer step writes on this rank: (weights, optimizer state). Weights:
+        the module's parameters as this rank holds them (FSDP: a DTensor's local shard; ZeRO-3:
+        its partition; ZeRO-1/2: the whole compute-dtype copy) and the optimizer's own (ZeRO's
+        float32 masters; FSDP's are the same tensors, kept once)."""
+        optimizer = self._torch_optimizer()
+        weights, seen = [], set()
+        params = [p.ds_tensor if hasattr(p, "ds_tensor") else p
+                  for p in self.backend.module.parameters()]
+        params += [p for group in optimizer.param_groups for p in group["params"]]
+        # ZeRO-3 hands torch's optimizer its float32 partitions only while it steps.
+        params += getattr(self.backend.optimizer, "fp32_partitioned_groups_flat", [])
+        for t in params:
+            local = self._local(t)
+            key = (local.data_ptr(), local.numel(), local.dtype)
+            if key not in seen:
+                seen.add(key)
+                weights.append(t)
+        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        return weights, state
+
+    def _reshard(self) -> None:
+        """FSDP2 leaves the root module's parameters gathered after a forward pass without
+        gradients: reshard every module, so that its parameters are the shards the optimizer
+        steps, and the next forward gathers them again (from restored shards, after a trial)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.backend.module.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+
+    def _regather_zero3(self) -> None:
+        """ZeRO-3 keeps small parameters gathered between steps: drop those whole copies,
+        which hold the trial step's values, and gather them again from the restored
+        partitions (as DeepSpeed's own step does)."""
+        gathered = [p for p in self.backend.module.parameters()
+                    if hasattr(p, "ds_tensor") and p.data.numel()]
+        if gathered:
+            gathered[0].partition(gathered)
+            gathered[0].all_gather(gathered)
+
+    @staticmethod
+    def _local(t: torch.Tensor) -> torch.Tensor:
+        """This rank's part of `t`: a DTensor's local shard (a view: writing it writes `t`)."""
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    @staticmethod
+    def _checksum(tensors: list[torch.Tensor]) -> float:
+        return sum(float(t.double().abs().sum()) for t in tensors)
+
     # --- weight sync, rank 0 -> generators (actors/weight_sync.py) ------------------------
 
     def init_weight_sync(self, generators: list, tp: int, host: str, port: int,

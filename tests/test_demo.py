@@ -1,4 +1,5 @@
-"""A shortened `make demo`: the whole system must make the model better, not merely run.
+"""A shortened `make demo`: the whole system must make the model better, not merely run, and
+do it the same way every time.
 
 If the learning signal is broken anywhere (advantages, masks, normalisation, weight sync,
 template, grader), held-out accuracy does not rise. These are the suite's slowest tests (~3 min
@@ -7,22 +8,45 @@ each).
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ("--trainer.max_steps", "5", "--trainer.eval_every", "5")
+
+
+def demo_command(out: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "launch.demo", *FLAGS, "--trainer.output_dir", str(out),
+            *flags]
 
 
 def run_demo(tmp_path: Path, home: Path, *flags: str) -> Path:
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.demo", "--trainer.max_steps", "5",
-         "--trainer.eval_every", "5", "--trainer.output_dir", str(out), *flags],
-        cwd=ROOT, capture_output=True, text=True, timeout=1500,
-        env={**os.environ, "HOME": str(home)})
+    proc = subprocess.run(demo_command(out, *flags), cwd=ROOT, capture_output=True, text=True,
+                          timeout=1500, env={**os.environ, "HOME": str(home)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def untimed(record: dict) -> dict:
+    """What two runs of one seed must agree on: all but clock readings and fault counts."""
+    return {k: v for k, v in record.items() if not (
+        k.startswith(("time/", "faults/")) or k.endswith("_s") or k == "timeline")}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_home) -> Path:
+    return run_demo(tmp_path_factory.mktemp("demo"), demo_home)
 
 
 def accuracy_gain(out: Path) -> tuple[float, float]:
@@ -30,8 +54,8 @@ def accuracy_gain(out: Path) -> tuple[float, float]:
     return summary["eval_accuracy_initial"], summary["eval_accuracy_final"]
 
 
-def test_short_demo_raises_heldout_accuracy(tmp_path, demo_home):
-    out = run_demo(tmp_path, demo_home)
+def test_short_demo_raises_heldout_accuracy(demo_run):
+    out = demo_run
     before, after = accuracy_gain(out)
     # Measured with seed 0: 0.19 -> 0.56 on the 100 held-out problems after 5 steps (runs
     # are deterministic). A broken learning signal leaves accuracy flat or falling.
@@ -52,3 +76,41 @@ def test_asynchronous_demo_still_learns(tmp_path, demo_home):
     steps = [r for r in records if "staleness/max" in r]  # the step-0 evaluation has none
     assert [r["staleness/max"] for r in steps] == [0, 1, 1, 1, 1]
     assert max(r["tis/clipped_fraction"] for r in steps) < 0.2  # mostly on-policy enough
+
+
+def test_a_demo_run_whose_engine_is_killed_logs_what_the_fault_free_one_does(tmp_path,
+                                                                           demo_home, demo_run):
+    """The real demo model in bfloat16, where timing used to change what vLLM computed (two
+    runs of one seed parted at step 3): its engine core killed while step 2's rollout is
+    sampled, the run recovers and logs, step by step and in its evaluations, exactly what the
+    fault-free run logged."""
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(demo_command(out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HOME": str(demo_home)})
+    killed, deadline = False, time.monotonic() + 900
+    try:
+        while not killed and time.monotonic() < deadline and proc.poll() is None:
+            done = (out / "metrics.jsonl").is_file() and any(
+                r.get("step") == 1 and "reward/mean" in r for r in records(out))
+            for p in psutil.Process(proc.pid).children(recursive=True) if done else []:
+                try:
+                    parent = p.parent()
+                    if (p.name().startswith("VLLM::EngineCore") and parent and
+                            parent.cmdline()[:1] == ["ray::GeneratorActor.generate"]):
+                        p.send_signal(signal.SIGKILL)
+                        killed = True
+                except psutil.Error:
+                    pass
+            time.sleep(0.02)
+        _, stderr = proc.communicate(timeout=1500)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed, "the engine was not caught sampling step 2's rollout"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "recovered: generator 0 failed" in stderr, stderr[-3000:]
+    got, expected = records(out), records(demo_run)
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    assert got[-1]["faults/generator_restarts"] == 1
+    assert [untimed(r) for r in got] == [untimed(r) for r in expected]
