@@ -156,6 +156,7 @@ class TrainerConfig(BaseModel):
     model_config = _STRICT
     max_steps: PositiveInt = Field(500, description="Policy steps to run (each: one rollout, then its optimizer steps).")
     eval_every: int = Field(16, ge=0, description="Evaluate every N policy steps; 0 = never.")
+    samples_every: int = Field(0, ge=0, description="Every N policy steps, write each response of the step with its question, reference answer and verdict to output_dir/samples.jsonl; 0 = never.")
     save_every: int = Field(64, ge=0, description="Save a checkpoint every N policy steps; 0 = only the final save, which always happens.")
     output_dir: _Path = Field("runs/drgrpo", description="Folder for checkpoints, logs and the resolved config.yaml.")
     seed: int = Field(42, ge=0, description="Random seed for data order, sampling and initialisation.")

@@ -3,6 +3,7 @@ versus incorrect responses (GRPO's length bias shows up as growing incorrect res
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 
@@ -57,3 +58,18 @@ def rollout_metrics(lengths: Sequence[int], rewards: Sequence[float], truncated:
         "response/formatted_fraction": sum(formatted) / count,
         "reward/timeouts": int(sum(timed_out)),
     }
+
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (then 1.96).
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+       2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+       2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """The mean and the half-width of its 95% interval (Student's t; 0 for one value)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, 0.0
+    t = T95[len(values) - 2] if len(values) - 1 <= len(T95) else 1.96
+    return m, t * statistics.stdev(values) / len(values) ** 0.5

@@ -79,6 +79,56 @@ def plot_comparison(runs: dict[str, str | Path], out: str | Path) -> Path:
     return out
 
 
+def _band(ax, runs: list[list[dict]], key: str, color: str, label: str, style: str = "-"):
+    """The mean over runs at each step where every run has `key`, and its 95% interval."""
+    from drgrpo.metrics import mean_ci
+
+    by_step = [dict(zip(*_series(records, key))) for records in runs]
+    steps = sorted(set.intersection(*(set(s) for s in by_step)))
+    stats = [mean_ci([s[step] for s in by_step]) for step in steps]
+    means = [m for m, _ in stats]
+    ax.plot(steps, means, style, color=color, label=label)
+    ax.fill_between(steps, [m - h for m, h in stats], [m + h for m, h in stats], color=color,
+                    alpha=0.15, linewidth=0)
+
+
+def plot_study(series: dict[str, list[list[dict]]], out_dir: str | Path) -> list[Path]:
+    """`series[method]`: each seed's metrics records. The paper's two pictures, each method's
+    mean over seeds with its 95% interval: held-out accuracy and mean response length, and
+    the lengths of correct and incorrect responses, against steps."""
+    n = len(next(iter(series.values())))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for method, runs in series.items():
+        _band(left, runs, "eval/average", COLORS.get(method), method, "o-")
+        _band(right, runs, "response_length/mean", COLORS.get(method), method)
+    left.set(xlabel="policy step", ylabel="held-out accuracy (greedy)", ylim=(0, 1),
+             title=f"Held-out accuracy, mean of {n} seeds (95% interval)")
+    right.set(xlabel="policy step", ylabel="tokens",
+              title=f"Mean response length, mean of {n} seeds")
+    first = Path(out_dir) / "accuracy_length.png"
+    _finish(fig, (left, right), first)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True,
+                                      sharey=True)
+    for ax, (key, title) in zip((left, right), (
+            ("response_length/correct_mean", "Correct responses"),
+            ("response_length/incorrect_mean", "Incorrect responses"))):
+        for method, runs in series.items():
+            _band(ax, runs, key, COLORS.get(method), method)
+        ax.set(xlabel="policy step", ylabel="mean length (tokens)",
+               title=f"{title}, mean of {n} seeds (95% interval)")
+    second = Path(out_dir) / "correct_incorrect.png"
+    _finish(fig, (left, right), second)
+    return [first, second]
+
+
+def _finish(fig, axes, out: Path) -> None:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 # Which lane of the timeline each phase of a step runs on, and its colour.
 LANES = {"generate": ("generators", "#1f77b4"), "reward": ("graders", "#ff7f0e"),
          "train": ("learners", "#2ca02c"), "weight_sync": ("learners", "#9467bd")}

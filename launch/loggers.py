@@ -44,16 +44,19 @@ class Loggers:
         names, output_dir = cfg.trainer.loggers, Path(cfg.trainer.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = output_dir / "metrics.jsonl"
+        self.samples = output_dir / "samples.jsonl"  # trainer.samples_every: what was graded
         self._tb = self._wandb = None
         if "wandb" in names:  # first: if it cannot start, the old logs are left as they were
             self._wandb = _start_wandb(cfg, output_dir)
         tb_dir = output_dir / "tensorboard"
         if resume_step is None:
             self.jsonl.unlink(missing_ok=True)
+            self.samples.unlink(missing_ok=True)
             for old in tb_dir.glob("events.out.tfevents.*"):
                 old.unlink()
         else:
             _truncate_jsonl(self.jsonl, resume_step)
+            _truncate_jsonl(self.samples, resume_step)
         if "tensorboard" in names:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -73,6 +76,11 @@ class Loggers:
             self._tb.flush()  # a step takes seconds to minutes: show it now, lose none on a crash
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
+
+    def log_samples(self, rows: list[dict]) -> None:
+        """Append one line per response (each row carries its `step`) to samples.jsonl."""
+        with open(self.samples, "a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
 
     def close(self, failed: bool = False) -> None:
         if self._tb is not None:

@@ -165,6 +165,19 @@ class Run:
                 self.state.eval_accuracy_initial = eval_metrics["eval/average"]
             self.state.eval_accuracy_final = eval_metrics["eval/average"]
 
+    def log_samples(self, step: int, rollout: Rollout, verdicts: list) -> None:
+        """Every trainer.samples_every steps: each response, its question and its verdict."""
+        every = self.cfg.trainer.samples_every
+        if not every or step % every:
+            return
+        G = self.cfg.rollout.samples_per_prompt
+        self.loggers.log_samples([
+            {"step": step, "question": rollout.problems[i // G].question,
+             "answer": rollout.problems[i // G].answer, "response": c.text,
+             "reward": v.reward, "formatted": v.formatted, "truncated": c.truncated,
+             "timed_out": v.timed_out, "crashed": v.crashed, "version": c.version}
+            for i, (c, v) in enumerate(zip(rollout.completions, verdicts))])
+
     def log_step(self, metrics: dict, progress) -> None:
         self.state.step = metrics["step"]
         metrics.update(self.faults.metrics())  # restarts so far: faults/generator_restarts, ...

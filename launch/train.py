@@ -98,6 +98,7 @@ def _steps(cfg: Config, run: Run, cluster) -> dict:
             verdicts = cluster.score([c.text for c in completions], answers, template,
                                      [c.truncated for c in completions])
             rewards = torch.tensor([v.reward for v in verdicts])
+            run.log_samples(step, rollout, verdicts)
             t2 = time.time()
 
             # 3. Advantages within each group: r - mean(group) (Dr. GRPO; GRPO also divides by std).

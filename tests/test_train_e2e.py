@@ -162,11 +162,12 @@ def test_resume_is_exact(workdir, answering_run):
     (a crash mid-save) is not resumed from."""
     whole, parts = workdir / "resume-whole", workdir / "resume-parts"
     for out, steps in ((whole, "3"), (parts, "1")):
-        proc = small_run(workdir, out, *answering_run, "--trainer.max_steps", steps)
+        proc = small_run(workdir, out, *answering_run, "--trainer.max_steps", steps,
+                         "--trainer.samples_every", "1")
         assert proc.returncode == 0, proc.stderr[-3000:]
     (parts / "checkpoints" / "step_000009.tmp").mkdir()
     proc = small_run(workdir, parts, *answering_run, "--trainer.max_steps", "3",
-                     "--trainer.resume", "auto")
+                     "--trainer.resume", "auto", "--trainer.samples_every", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     expected, resumed = read_metrics(whole), read_metrics(parts)
@@ -174,6 +175,15 @@ def test_resume_is_exact(workdir, answering_run):
     assert all(r["grad_norm"] > 0 for r in expected), expected  # every step trains
     assert [untimed(r) for r in resumed] == [untimed(r) for r in expected]
     assert [s for s, _ in tensorboard_scalars(parts, "reward/mean")] == [1, 2, 3]
+    # samples.jsonl: every graded response once, its verdict the one the step's reward counts
+    samples = [json.loads(line) for line in (whole / "samples.jsonl").read_text().splitlines()]
+    for record in expected:
+        rewards = [s["reward"] for s in samples if s["step"] == record["step"]]
+        assert len(rewards) == 16 and sum(rewards) / 16 == record["reward/mean"]
+    for s in samples:  # each response beside its own question and reference answer
+        a, b = s["question"].removeprefix("What is ").rstrip("?").split(" + ")
+        assert s["answer"] == str(int(a) + int(b))
+    assert (parts / "samples.jsonl").read_text() == (whole / "samples.jsonl").read_text()
     summary = json.loads((parts / "summary.json").read_text())
     assert summary["steps"] == 3
     # The one engine samples while the learner waits: it gets every core, not Ray's one
