@@ -43,7 +43,7 @@ bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --output runs/bench $(BENCH_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check drgrpo actors launch tests benchmarks
+	$(VENV)/bin/ruff check drgrpo demo actors launch tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -21,13 +21,10 @@ bfloat16 both run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
-from benchmarks.common import child, load_avg, median, target
+from benchmarks.common import load_avg, median, part_main, run_child, target
 
 DTYPES = ("float32", "bfloat16")
 VARIANTS = ("actor", "vllm", "vllm_1thread", "hf")
@@ -166,8 +163,9 @@ def run(quick: bool) -> dict:
     dtypes, variants = (("float32",), ("actor", "vllm")) if quick else (DTYPES, VARIANTS)
     # A fresh process per variant and dtype: one model in memory at a time, and nothing (Ray,
     # threads, allocator state) carried from one measurement into the next.
-    results = {dtype: {v: child(["-m", "benchmarks.generation", "--child", v, "--dtype", dtype,
-                                 "--rounds", str(rounds)], env=ENV.get(v)) for v in variants}
+    results = {dtype: {v: run_child("benchmarks.generation",
+                                    {"variant": v, "dtype": dtype, "rounds": rounds},
+                                    env=ENV.get(v)) for v in variants}
                for dtype in dtypes}
     figures, baseline, ratios, targets = {}, {}, {}, {}
     for dtype, r in results.items():
@@ -202,19 +200,8 @@ def run(quick: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.generation",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=10, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        args.result.write_text(json.dumps(measure(args.child, args.dtype, args.rounds)))
-        return 0
-    print(json.dumps(run(args.quick), indent=2))
-    return 0
+    return part_main(run, "benchmarks.generation", __doc__, argv,
+                     measure=lambda spec: measure(**spec))
 
 
 if __name__ == "__main__":  # vLLM's CPU engine spawns processes that re-import __main__

@@ -30,12 +30,9 @@ typing-extensions and pyyaml at the versions the project's .venv has:
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,12 +77,6 @@ def model_flops(model: dict, batch: int, seq: int) -> float:
             + 12 * model["layers"] * model["hidden"] * seq**2 * batch)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_mode(job: dict) -> dict:
     """In a child process: one checkpointing mode over the batch sizes; a result per batch.
     Only children touch the GPU: a CUDA context in the parent would take memory from them."""
@@ -93,10 +84,11 @@ def run_mode(job: dict) -> dict:
     import torch.distributed as dist
     from transformers.utils import logging as hf_logging
 
+    from benchmarks.common import free_port
     from drgrpo.algorithm import policy_loss
     from drgrpo.backends import load_policy
     from drgrpo.batching import Sample, collate
-    from drgrpo.config import load_config
+    from drgrpo.config_load import load_config
 
     hf_logging.disable_progress_bar()
     cuda = job["device"] == "cuda"
@@ -104,7 +96,7 @@ def run_mode(job: dict) -> dict:
         torch.cuda.set_device(0)
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1,
-                            init_method=f"tcp://127.0.0.1:{_free_port()}")
+                            init_method=f"tcp://127.0.0.1:{free_port()}")
     seq, prompt = job["seq"], max(1, job["seq"] // 16)
     cfg = load_config(None, [f"--{k}={v}" for k, v in {
         "model.path": job["model_dir"], "model.dtype": job["dtype"], "data.train_path": "unused",
@@ -200,7 +192,9 @@ def table(report: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from benchmarks.common import save_json, script_parser
+
+    parser = script_parser(__doc__)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny model, short sequences")
     parser.add_argument("--seq", type=int, help="tokens per sequence (4096; --tiny 64)")
@@ -211,12 +205,10 @@ def main() -> None:
                         help="compute dtype (master weights are fp32)")
     parser.add_argument("--peak-tflops", type=float, help="the card's dense peak, TFLOP/s")
     parser.add_argument("--timeout", type=float, default=240, help="seconds per mode")
-    parser.add_argument("--output", help="write the results here as JSON")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         # Results first: if tearing down after an out-of-memory error hangs, they are out.
-        print(json.dumps(run_mode(json.loads(args.child))), flush=True)
+        args.result.write_text(json.dumps(run_mode(json.loads(args.child))))
         import torch.distributed as dist
 
         dist.destroy_process_group()
@@ -258,9 +250,7 @@ def main() -> None:
         if r["status"] == "ok" and report["peak_tflops"]:
             r["mfu"] = r["model_tflops_per_s"] / report["peak_tflops"]
     report["wall_s"] = time.perf_counter() - started
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2))
+    save_json(args.output, report)
     print(f"{report.get('device')}, {report['model']['shape']}, {args.dtype}, attention "
           f"{report.get('attention')}, torch {report['torch']}, transformers "
           f"{report['transformers']}\n")
@@ -273,22 +263,17 @@ def main() -> None:
 
 
 def run_child(job: dict, timeout: float) -> dict:
-    """One mode in a fresh process; a crash or a timeout becomes a result, not an exception."""
-    failed = {"gradient_checkpointing": job["checkpointing"], "batch": job["batches"][0],
-              "seq": job["seq"]}
+    """One mode in a fresh process; a crash or a timeout becomes a result, not an exception
+    (the results of a child that failed after measuring count)."""
+    from benchmarks.common import ChildFailed, child
+
     try:
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],
-                              capture_output=True, text=True, timeout=timeout)
-        printed, why = proc.stdout, f"exit status {proc.returncode}: {proc.stderr[-3000:]}"
-    except subprocess.TimeoutExpired as err:
-        printed = err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or ""
-        why = f"no result within {timeout:.0f} s"
-    try:
-        # The results are the last line, also from a child that failed after measuring.
-        return json.loads(printed.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        sys.stderr.write(why + "\n")
-        return {"runs": [{**failed, "status": "failed", "error": why}]}
+        return child([__file__, "--child", json.dumps(job)], timeout_s=timeout, partial=True)
+    except ChildFailed as err:
+        sys.stderr.write(err.why + "\n")
+        return {"runs": [{"gradient_checkpointing": job["checkpointing"],
+                          "batch": job["batches"][0], "seq": job["seq"], "status": "failed",
+                          "error": err.why}]}
 
 
 if __name__ == "__main__":

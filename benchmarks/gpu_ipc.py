@@ -29,10 +29,8 @@ drgrpo.memory's prediction for the same settings: launch.plan's learner with
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -133,17 +131,16 @@ def run_ipc(job: dict) -> dict:
 
 def run_step(job: dict) -> dict:
     """In a child process: build the model, train, and set the peak beside the plan's."""
-    import socket
-
     import torch
     import torch.distributed as dist
     from transformers import AutoConfig, Qwen2ForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from benchmarks.common import free_port
     from drgrpo.algorithm import policy_loss
     from drgrpo.backends import load_policy
     from drgrpo.batching import Sample, collate
-    from drgrpo.config import load_config
+    from drgrpo.config_load import load_config
     from drgrpo.memory import GiB, learner_memory, shape_of
     from launch.plan import learner_run
 
@@ -159,11 +156,8 @@ def run_step(job: dict) -> dict:
     if cuda:
         torch.cuda.set_device(0)
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1,
-                            init_method=f"tcp://127.0.0.1:{port}")
+                            init_method=f"tcp://127.0.0.1:{free_port()}")
     prompt, response = job["prompt"], job["response"]
     cfg = load_config(ROOT / "launch" / "configs" / "qwen2.5-math-1.5b.yaml", [
         f"--{k}={v}" for k, v in {
@@ -213,17 +207,13 @@ def run_step(job: dict) -> dict:
 
 def run_child(part: str, job: dict, timeout: float) -> dict:
     """One part in a fresh process; a crash or a timeout becomes a result."""
+    from benchmarks.common import ChildFailed, child
+
     try:
-        proc = subprocess.run([sys.executable, __file__, "--child", part, json.dumps(job)],
-                              capture_output=True, text=True, timeout=timeout)
-        printed, why = proc.stdout, f"exit status {proc.returncode}: {proc.stderr[-3000:]}"
-    except subprocess.TimeoutExpired as err:
-        printed = err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or ""
-        why = f"no result within {timeout:.0f} s"
-    try:
-        return json.loads(printed.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {**job, "status": "failed", "error": why}
+        return child([__file__, "--child", part, json.dumps(job)], timeout_s=timeout,
+                     partial=True)
+    except ChildFailed as err:
+        return {**job, "status": "failed", "error": err.why}
 
 
 def state_bytes(name: str, tiny: bool) -> int:
@@ -280,18 +270,18 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from benchmarks.common import save_json, script_parser
+
+    parser = script_parser(__doc__, child_nargs=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny model and states, a smoke run")
     parser.add_argument("--bucket-gib", type=float, default=1.0, help="IPC bucket size")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps (first: warm-up)")
     parser.add_argument("--timeout", type=float, default=480, help="seconds per part")
-    parser.add_argument("--output", help="write the results here as JSON")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         part, job = args.child[0], json.loads(args.child[1])
-        print(json.dumps(run_ipc(job) if part == "ipc" else run_step(job)), flush=True)
+        args.result.write_text(json.dumps(run_ipc(job) if part == "ipc" else run_step(job)))
         return
 
     import torch
@@ -318,9 +308,7 @@ def main() -> None:
             "prompt": 16 if args.tiny else 1024, "response": 48 if args.tiny else 3000,
             "passes": 2, "steps": args.steps}, args.timeout)
     report["device"] = report["step"].get("device", args.device)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2))
+    save_json(args.output, report)
     print(markdown(report))
     parts = report["ipc"].get("runs", [report["ipc"].get("protocol_check", {})])
     # Running out of memory is a result; a part that failed otherwise is not.

@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT, load_avg
+
 DATA = ROOT.parent / "shared" / "data"
 BENCHMARKS = ["aime24", "amc23", "math500", "minerva", "olympiad_bench"]
 TARGETS = {"pool2_vs_loop": 1.6, "hostile_batch_pool2_s": 10.0}
@@ -167,10 +168,6 @@ def _timed(fn, rows) -> tuple[float, list]:
     return time.perf_counter() - start, verdicts
 
 
-def _load() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def _niceness() -> int:
     return os.nice(0)
 
@@ -196,7 +193,7 @@ def _started(grader, warm) -> None:
 
 
 def _loop(rows, timeout_s: float, warm) -> tuple[float, list]:
-    from drgrpo.rewards import Grader
+    from drgrpo.grader import Grader
 
     with Grader(num_workers=1, timeout_s=timeout_s) as grader:
         _started(grader, warm)
@@ -216,7 +213,7 @@ def run(quick: bool = False, timeout_s: float | None = None) -> dict:
     # Ray runs its workers, so the pool's graders, at niceness 15 (RAY_worker_niceness): on a
     # machine that other processes keep busy they get less CPU than the baseline here.
     figures = {"responses": len(rows), "hostile_batch_size": len(bad), "timeout_s": timeout_s,
-               "load_1m_start": _load(), "baseline_niceness": _niceness(),
+               "load_1m_start": load_avg()[0], "baseline_niceness": _niceness(),
                "cores_free_start": _cores_free()}
     warm = warm_up(quick)
     loop_s, loop_verdicts = _loop(rows, timeout_s, warm)
@@ -243,7 +240,7 @@ def run(quick: bool = False, timeout_s: float | None = None) -> dict:
         "timeouts": sum(v.timed_out for v in loop_verdicts),
         "pool_verdicts_differ": sum(a != b for verdicts in pool_verdicts
                                     for a, b in zip(loop_verdicts, verdicts)),
-        "load_1m_end": _load(),
+        "load_1m_end": load_avg()[0],
         "cores_free_end": _cores_free(),
         "wall_s": round(time.perf_counter() - begin, 1),
     })
@@ -260,7 +257,7 @@ def run(quick: bool = False, timeout_s: float | None = None) -> dict:
 
 def by_kind(timeout_s: float | None = None) -> dict:
     """Seconds per hostile kind, each answer graded alone (limit included, start-up not)."""
-    from drgrpo.rewards import Grader
+    from drgrpo.grader import Grader
 
     timeout_s = _pool_default_timeout() if timeout_s is None else timeout_s
     answers, out = _eval_answers(), {}

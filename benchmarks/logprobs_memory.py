@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 VOCAB = 152_064
 FULL = {"batch": 2, "seq": 2048, "hidden": 896}  # Qwen2.5-0.5B's width
@@ -78,14 +80,14 @@ def compare(batch: int, seq: int, hidden: int, device: str = "cpu",
             chunk_size: int | None = None) -> dict:
     """Both variants, each in a fresh process: {variant: {"peak_extra_gb", "seconds"}}.
     `chunk_size` None: the project's own (drgrpo.algorithm sizes chunks by bytes)."""
+    from benchmarks.common import child
+
     results = {}
     for variant in ("naive", "chunked"):
         chunk = [f"--chunk-size={chunk_size}"] if chunk_size else []
-        proc = subprocess.run([sys.executable, __file__, "--variant", variant, f"--batch={batch}",
-                               f"--seq={seq}", f"--hidden={hidden}", f"--device={device}",
-                               *chunk],
-                              capture_output=True, text=True, check=True)
-        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[variant] = child([__file__, "--variant", variant, f"--batch={batch}",
+                                  f"--seq={seq}", f"--hidden={hidden}", f"--device={device}",
+                                  *chunk])
     return results
 
 
@@ -123,10 +125,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunk-size", type=int, help="rows per chunk (default: the project's)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(measure(args.variant, args.batch, args.seq, args.hidden, args.device,
-                                 args.chunk_size)))
+        args.result.write_text(json.dumps(measure(args.variant, args.batch, args.seq,
+                                                  args.hidden, args.device, args.chunk_size)))
         return
 
     full = args.batch * (args.seq - 1) * VOCAB * 4 / 2**30

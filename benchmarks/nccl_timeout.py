@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def member(world_size: int, timeout_s: float) -> None:
     import torch
 
     from actors.sync_group import open_group, start_broadcast
+    from benchmarks.common import free_port
 
     torch.cuda.set_device(0)
     group = open_group("127.0.0.1", free_port(), 0, world_size, "nccl", timeout_s)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.common import median, part_main, target
+from benchmarks.common import load_span, median, part_main, target
 from benchmarks.project_runs import project_run
 
 TARGET = 0.65  # issue 11: asynchronous step <= 0.65 x synchronous step
@@ -53,9 +53,7 @@ def run(quick: bool) -> dict:
     for mode, staleness in (("sync", 0), ("async", 1)):
         r = project_run(prompts, steps, (*common, "--rollout.max_staleness", str(staleness)),
                         timeline=False)
-        results[mode] = {**summary(r["steps"]),
-                         "load_avg_before_after": [r["load_avg"]["before"][0],
-                                                   r["load_avg"]["after"][0]]}
+        results[mode] = {**summary(r["steps"]), "load_avg_before_after": load_span(r)}
     ratio = results["async"]["step_s_median"] / results["sync"]["step_s_median"]
     return {
         "name": "overlap",

@@ -7,7 +7,7 @@ size 1 over gloo, its `train` on one rollout, exactly as a Ray learner runs it (
 of the later optimizer steps first, then forward, backward and an optimizer step per step).
 The rollout has the shape of the paper's: response lengths lognormal around a median with a
 long tail, cut at 8x the median (where max_new_tokens would cut them), seeded. The model is a
-random-init Qwen2 built by drgrpo/tiny.py, wide enough that matmuls, not Python, dominate.
+random-init Qwen2 built by demo/tiny.py, wide enough that matmuls, not Python, dominate.
 
 Three layouts train the same rollout in one process, taking turns, so a change in the
 machine's load hits all of them: `micro_batch_size` responses a pass in rollout order (the
@@ -29,13 +29,10 @@ the figures; on a shared machine they are indicative.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,12 +66,6 @@ def rollout(n: int, median: int, prompt: tuple[int, int], seed: int = 0):
                    1.0 if i % 2 else -1.0) for i in range(n)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(job: dict) -> dict:
     """In a child process (its own gloo group): every layout on one learner, in turns."""
     import torch
@@ -82,9 +73,10 @@ def measure(job: dict) -> dict:
     from transformers.utils import logging as hf_logging
 
     from actors.learner import LearnerActor
+    from benchmarks.common import free_port
+    from demo.tiny import build_tiny_model
     from drgrpo.batching import micro_batches, plan_steps
-    from drgrpo.config import load_config
-    from drgrpo.tiny import build_tiny_model
+    from drgrpo.config_load import load_config
 
     hf_logging.disable_progress_bar()
     c = job["config"]
@@ -103,7 +95,7 @@ def measure(job: dict) -> dict:
         "trainer.output_dir": job["folder"]}.items()])
     layouts = {name: base.model_copy(update={"learner": base.learner.model_copy(
         update={"max_tokens_per_micro_batch": budget})}) for name, budget in budgets.items()}
-    learner = LearnerActor(base, 0, 1, "127.0.0.1", _free_port(), "cpu")
+    learner = LearnerActor(base, 0, 1, "127.0.0.1", free_port(), "cpu")
     torch.set_num_threads(1)  # after the learner, which sets its own count (see the docstring)
     steps = plan_steps(samples, c["train_batch_size"], 1, seed=0)[0]
 
@@ -150,14 +142,12 @@ def measure(job: dict) -> dict:
 
 def run(quick: bool) -> dict:
     """The three layouts side by side; `quick` is a seconds-long run of the same code."""
+    from benchmarks.common import child
+
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         job = {"config": CONFIGS["quick" if quick else "full"], "folder": folder}
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],
-                              capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode:
-        raise RuntimeError(f"benchmark child failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = child([__file__, "--child", json.dumps(job)])
     load_end = os.getloadavg()
     tokens, count, wide = result["tokens"], result["count"], result["wide_budget"]
     return {
@@ -179,18 +169,17 @@ def run(quick: bool) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from benchmarks.common import save_json, script_parser
+
+    parser = script_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny model, 16 responses")
-    parser.add_argument("--output", help="write the result here as JSON")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(json.loads(args.child))), flush=True)
+        args.result.write_text(json.dumps(measure(json.loads(args.child))))
         return
     started = time.perf_counter()
     result = run(args.quick)
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2))
+    save_json(args.output, result)
     f, b = result["figures"], result["baseline"]
     print(f"{f['parameters'] / 1e6:.1f}M-parameter Qwen2, {f['responses']} responses "
           f"(median {f['median_response_tokens']:g}, longest {f['max_response_tokens']} response "

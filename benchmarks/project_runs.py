@@ -13,7 +13,6 @@ Runs are kept in the suite's work folder under a name made of their settings, so
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -21,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import child, demo_config, load_avg, work_dir
+from benchmarks.common import demo_config, load_avg, part_main, run_child, work_dir
 
 # The actor calls of each phase of a step (launch/cluster.py), as Ray's timeline names them.
 PHASES = {
@@ -45,7 +44,7 @@ def project_run(prompts_per_step: int, steps: int, overrides: tuple[str, ...] = 
     if not done.is_file():
         spec = {"prompts_per_step": prompts_per_step, "steps": steps, "overrides": overrides,
                 "folder": str(folder), "timeline": timeline}
-        result = child(["-m", "benchmarks.project_runs", "--child", json.dumps(spec)])
+        result = run_child("benchmarks.project_runs", spec)
         done.write_text(json.dumps(result, indent=2))
     return json.loads(done.read_text())
 
@@ -153,12 +152,7 @@ def actor_calls(events: list[dict]) -> dict[str, list[tuple[float, float]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.project_runs")
-    parser.add_argument("--child", required=True, help="the run's settings, as JSON")
-    parser.add_argument("--result", type=Path, required=True)
-    args = parser.parse_args(argv)
-    args.result.write_text(json.dumps(measure(json.loads(args.child))))
-    return 0
+    return part_main(None, "benchmarks.project_runs", __doc__, argv, measure=measure)
 
 
 if __name__ == "__main__":  # vLLM's CPU engine spawns processes that re-import __main__

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.common import median, part_main, target
+from benchmarks.common import load_span, median, part_main, target
 from benchmarks.project_runs import project_run
 from benchmarks.trl_grpo import trl_run
 
@@ -74,13 +74,11 @@ def run(quick: bool) -> dict:
         theirs = trl_run(trl_steps, sides["trl"])
         figures[precision] = summary(mine["steps"], ("generate", "reward", "train", "weight_sync"),
                                      PROMPTS * SAMPLES)
-        figures[precision]["load_avg_before_after"] = [mine["load_avg"]["before"][0],
-                                                       mine["load_avg"]["after"][0]]
+        figures[precision]["load_avg_before_after"] = load_span(mine)
         baseline[precision] = summary(theirs["steps"],
                                       ("generate", "reward", "rollout_other", "train"),
                                       PROMPTS * SAMPLES)
-        baseline[precision]["load_avg_before_after"] = [theirs["load_avg"]["before"][0],
-                                                        theirs["load_avg"]["after"][0]]
+        baseline[precision]["load_avg_before_after"] = load_span(theirs)
         ratio = figures[precision]["step_s_median"] / baseline[precision]["step_s_median"]
         ratios[f"project_vs_trl_step_{precision}"] = ratio
         targets[f"project_vs_trl_step_{precision}"] = target(ratio, "<=", TARGET)
@@ -98,8 +96,7 @@ def run(quick: bool) -> dict:
                 continue
             s = summary(big["steps"], ("generate", "reward", "train", "weight_sync"),
                         PROMPTS * scale * SAMPLES)
-            s["load_avg_before_after"] = [big["load_avg"]["before"][0],
-                                          big["load_avg"]["after"][0]]
+            s["load_avg_before_after"] = load_span(big)
             figures[f"{precision}_x{scale}"] = s
             ratios[f"step_x{scale}_vs_x1_{precision}"] = (s["step_s_median"]
                                                            / figures[precision]["step_s_median"])

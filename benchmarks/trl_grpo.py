@@ -10,20 +10,19 @@ phases come from timing TRL's own methods (generation, reward, the rest of the r
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import child, demo_config, load_avg, work_dir
+from benchmarks.common import demo_config, load_avg, part_main, run_child, work_dir
 
 
 def trl_run(steps: int, trl_args: dict) -> dict:
     """{"settings", "steps": [one record per optimizer step], "load_avg"} in a fresh process."""
     folder = work_dir() / f"trl_s{steps}_{int(time.time())}"
     spec = {"steps": steps, "trl_args": trl_args, "folder": str(folder)}
-    result = child(["-m", "benchmarks.trl_grpo", "--child", json.dumps(spec)])
+    result = run_child("benchmarks.trl_grpo", spec)
     (folder / "bench.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -64,7 +63,7 @@ def measure(spec: dict) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOTrainer
 
-    from drgrpo.rewards import Grader
+    from drgrpo.grader import Grader
     from drgrpo.templates import apply_template
     from launch.run import prepare
 
@@ -147,12 +146,7 @@ SHOWN = ("num_generations", "per_device_train_batch_size", "gradient_accumulatio
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.trl_grpo")
-    parser.add_argument("--child", required=True, help="the run's settings, as JSON")
-    parser.add_argument("--result", type=Path, required=True)
-    args = parser.parse_args(argv)
-    args.result.write_text(json.dumps(measure(json.loads(args.child)), default=str))
-    return 0
+    return part_main(None, "benchmarks.trl_grpo", __doc__, argv, measure=measure)
 
 
 if __name__ == "__main__":

@@ -21,16 +21,21 @@ tensors, `reload_weights` from memory in a vLLM engine of the same model and dty
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks.common import ROOT, child, demo_config, load_avg, median, target
+from benchmarks.common import (
+    child,
+    demo_config,
+    free_port,
+    load_avg,
+    load_span,
+    median,
+    part_main,
+    run_child,
+    target,
+)
 from benchmarks.project_runs import project_run
 from benchmarks.step import PROMPTS, precisions, project_steps
 
@@ -41,22 +46,11 @@ PARTS = ("gather", "pack", "send", "receive", "load", "cache_reset")
 def raw_broadcast(nbytes: int, rounds: int) -> dict:
     """One flat uint8 tensor of `nbytes`, rank 0 -> rank 1 over gloo, in two fresh processes:
     {"seconds_median", "seconds": [per round, the slower rank's]}."""
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    outs = [Path(os.environ.get("TMPDIR", "/tmp")) / f"drgrpo-bcast-{os.getpid()}-{r}.json"
-            for r in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.weight_sync", "--rank", str(r),
-                               "--port", str(port), "--bytes", str(nbytes),
-                               "--rounds", str(rounds), "--result", str(outs[r])],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for r in range(2)]
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    if any(p.returncode for p in procs):
-        raise RuntimeError("raw broadcast failed: " + "\n".join(log[-2000:] for log in logs))
-    per_rank = [json.loads(o.read_text()) for o in outs]
-    for o in outs:
-        o.unlink()
+    port = free_port()  # for the rendezvous
+    with ThreadPoolExecutor(2) as ranks:  # both at once
+        per_rank = list(ranks.map(lambda r: run_child(
+            "benchmarks.weight_sync", {"rank": r, "port": port, "nbytes": nbytes,
+                                       "rounds": rounds}, timeout_s=600), range(2)))
     seconds = [max(a, b) for a, b in zip(per_rank[0], per_rank[1])]
     return {"seconds_median": median(seconds), "seconds": seconds}
 
@@ -98,8 +92,7 @@ def run(quick: bool) -> dict:
     precision, sides = next(iter(precisions(quick).items()))  # bfloat16: the demo's setting
     mine = project_run(PROMPTS, project_steps(quick), sides["project"])
     figures = summary(mine["steps"])
-    figures["load_avg_before_after"] = [mine["load_avg"]["before"][0],
-                                        mine["load_avg"]["after"][0]]
+    figures["load_avg_before_after"] = load_span(mine)
     before = load_avg()
     rounds = 3 if quick else 10
     raw = raw_broadcast(figures["bytes"], rounds)
@@ -146,21 +139,8 @@ def run(quick: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.weight_sync",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=3, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.rank is not None:
-        args.result.write_text(json.dumps(broadcast_rank(args.rank, args.port, args.bytes,
-                                                         args.rounds)))
-        return 0
-    print(json.dumps(run(args.quick), indent=2))
-    return 0
+    return part_main(run, "benchmarks.weight_sync", __doc__, argv,
+                     measure=lambda spec: broadcast_rank(**spec))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,23 @@
-"""One typed config tree for a run: defaults < YAML file < command-line overrides.
+"""The schema of a run's config: every section and setting, with its type, default and
+description, and the rules that tie settings together. Add or change a setting here; the
+`--help` text and docs/config.md are generated from these descriptions (drgrpo/config_cli.py).
 
     cfg = load_config("launch/configs/qwen2.5-math-7b.yaml", ["--rollout.samples_per_prompt", "4"])
     cfg = parse_args()   # in a script's main(): --config FILE plus --section.field VALUE overrides
 
-Unknown keys are errors everywhere (a typo must never be silently ignored), and invalid input is
-reported all at once as a `ConfigError` whose `problems` are "dotted.path: reason" lines.
-`python -m drgrpo.config --config FILE [overrides]` prints the resolved config; `--markdown`
-prints the reference that lives in docs/config.md.
+`load_config` (drgrpo/config_load.py) reads defaults < YAML file < command-line overrides into a
+`Config`; unknown keys are errors everywhere (a typo must never be silently ignored), and invalid
+input is reported all at once as a `ConfigError` whose `problems` are "dotted.path: reason"
+lines. `parse_args` (drgrpo/config_cli.py) is its command line: `python -m drgrpo.config_cli
+--config FILE [overrides]` prints the resolved config; `--markdown` prints docs/config.md.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -32,7 +32,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from drgrpo.rewards import DEFAULT_TIMEOUT_S
+from drgrpo.grader import DEFAULT_TIMEOUT_S
 
 # cluster.max_logprob_diff's default: about ten times the largest logprob/abs_diff_mean of a
 # healthy bfloat16 demo run (0.0085 to 0.0226 over 8 steps, 2026-12-06; the largest single
@@ -114,7 +114,7 @@ class ClusterConfig(BaseModel):
     generator_tp: PositiveInt = Field(1, description="Tensor-parallel GPUs per vLLM engine.")
     num_learners: PositiveInt = Field(1, description="Training processes (one GPU each on cuda).")
     num_reward_workers: PositiveInt = Field(2, description="CPU processes that grade responses.")
-    reward_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="Hard limit for grading one answer, in CPU seconds of its grading process (and 6x that in wall-clock seconds); an answer that reaches it scores 0 and is counted in reward/timeouts. Why 5 s: drgrpo/rewards.py.")
+    reward_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="Hard limit for grading one answer, in CPU seconds of its grading process (and 6x that in wall-clock seconds); an answer that reaches it scores 0 and is counted in reward/timeouts. Why 5 s: drgrpo/grader.py.")
     colocate: bool = Field(False, description="Generator i shares learner i's GPU and sleeps while the learners train (the paper's setup); on CPUs it only shares the bundle.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of each GPU's memory vLLM may use; null = 0.35 when colocated (the paper's value), else 0.9.")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when the Ray cluster has GPUs (any node's, not the driver's), else cpu.")
@@ -187,14 +187,14 @@ CROSS_FIELD_RULES = (
     "cluster.generator_labels needs cluster.colocate false: colocated generators run on the learners' nodes (cluster.learner_labels places both).",
     "algorithm.tis_cap > 0 needs rollout.top_p 1: vLLM's log-probs are of the top-p truncated distribution, the learner's of the full one, and a ratio of two different distributions is no importance weight.",
 )
-_CROSS_FIELD_PATHS = (
+CROSS_FIELD_PATHS = (
     "rollout.prompts_per_step", "rollout.samples_per_prompt", "learner.train_batch_size",
     "cluster.num_learners", "cluster.colocate", "cluster.num_generators", "cluster.generator_tp",
     "rollout.max_staleness", "cluster.generator_labels", "algorithm.tis_cap", "rollout.top_p",
 )
 
 
-def _cross_field_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+def cross_field_problems(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(path, reason) for each broken rule; a rule is skipped unless all its inputs are in `v`."""
     out = []
 
@@ -260,8 +260,8 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
-        values = {p: getattr(getattr(self, p.split(".")[0]), p.split(".")[1]) for p in _CROSS_FIELD_PATHS}
-        broken = _cross_field_problems(values)
+        values = {p: getattr(getattr(self, p.split(".")[0]), p.split(".")[1]) for p in CROSS_FIELD_PATHS}
+        broken = cross_field_problems(values)
         if broken:
             # A ValidationError raised here keeps each problem's own loc (pydantic merges it).
             raise ValidationError.from_exception_data("Config", [
@@ -296,300 +296,3 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 def save_config(cfg: Config, directory: str | Path | None = None) -> Path:
     return cfg.save(directory)
-
-
-class ConfigError(Exception):
-    """Invalid configuration; `problems` holds one "dotted.path: reason" string per problem."""
-
-    def __init__(self, problems: Sequence[str], source: str | None = None):
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(str(self))
-
-    def __reduce__(self):  # keep the problems list when pickled (e.g. raised inside a Ray actor)
-        return type(self), (self.problems, self.source)
-
-    def __str__(self) -> str:
-        n = len(self.problems)
-        where = f" from {self.source}" if self.source else ""
-        header = f"invalid configuration{where} ({n} problem{'s' * (n != 1)}):"
-        return "\n".join([header, *(f"  {p}" for p in self.problems)])
-
-
-# ---------------------------------------------------------------- reading YAML and overrides
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys: YAML silently keeps the last, hiding the first."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: config file not found"], str(path)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot read config file ({e})"], str(path)) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        reason = getattr(e, "problem", None) or str(e)
-        raise ConfigError([f"{where}: YAML syntax error: {reason}"], str(path)) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        reason = f"the top level must be a mapping of sections (model:, data:, ...), got {type(data).__name__}"
-        raise ConfigError([f"{path}: {reason}"], str(path))
-    return data
-
-
-_FLAG = re.compile(r"--([A-Za-z_][\w-]*(?:\.[\w-]+)*)(?:=(.*))?", re.DOTALL)
-
-
-def _split_overrides(args: Sequence[str]) -> tuple[list[tuple[list[str], str]], list[str]]:
-    """Pair each --dotted.key with its raw string value; return (pairs, problems)."""
-    pairs, problems, i = [], [], 0
-    while i < len(args):
-        match = _FLAG.fullmatch(args[i])
-        if not match:
-            problems.append(f"{args[i]}: expected a flag like --section.field VALUE or --section.field=VALUE")
-            i += 1
-            continue
-        key, value = match.group(1), match.group(2)
-        if value is None:
-            if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                problems.append(f"{key}: missing its value (--{key} VALUE or --{key}=VALUE)")
-                i += 1
-                continue
-            value, i = args[i + 1], i + 1
-        elif value == "":
-            problems.append(f"{key}: missing its value (--{key} VALUE or --{key}=VALUE)")
-        i += 1
-        if value != "":
-            pairs.append((key.split("."), value))
-    return pairs, problems
-
-
-def _parse_value(key: str, raw: str) -> tuple[Any, str | None]:
-    try:
-        return yaml.safe_load(raw), None
-    except yaml.YAMLError as e:
-        return None, f"{key}: cannot parse value {raw!r} as YAML ({getattr(e, 'problem', None) or e})"
-
-
-def _set(data: dict, keys: list[str], value: Any, problems: list[str]) -> None:
-    node = data
-    for depth, part in enumerate(keys[:-1]):
-        if node.get(part) is None:
-            node[part] = {}
-        child = node[part]
-        if not isinstance(child, dict):
-            prefix = ".".join(keys[: depth + 1])
-            problems.append(f"{'.'.join(keys)}: cannot set it, {prefix} is a single value, not a section")
-            return
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_overrides(args: Sequence[str]) -> dict:
-    """["--a.b", "1", "--c.d=2"] -> {"a": {"b": 1}, "c": {"d": 2}}; values are YAML. Raises ConfigError."""
-    pairs, problems = _split_overrides(args)
-    data: dict = {}
-    for keys, raw in pairs:
-        value, problem = _parse_value(".".join(keys), raw)
-        if problem:
-            problems.append(problem)
-        else:
-            _set(data, keys, value, problems)
-    if problems:
-        raise ConfigError(problems, "the command line")
-    return data
-
-
-def _leaf(keys: list[str]) -> tuple[Any, str | None]:
-    """The type annotation at a dotted path (None if unknown) or a problem if it descends into a value."""
-    node: Any = Config
-    for depth, part in enumerate(keys):
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            field = node.model_fields.get(part)
-            if field is None:
-                return None, None  # unknown name: pydantic reports it, with a suggestion
-            node = field.annotation
-        elif get_origin(node) is dict:
-            node = get_args(node)[1]
-        else:
-            prefix = ".".join(keys[:depth])
-            return None, f"{'.'.join(keys)}: {prefix} is a single value, not a section"
-    return node, None
-
-
-def _is_text(annotation: Any) -> bool:
-    if get_origin(annotation) is Literal:
-        return all(isinstance(a, str) for a in get_args(annotation))
-    return annotation is str
-
-
-def _apply_overrides(data: dict, args: Sequence[str]) -> list[str]:
-    pairs, problems = _split_overrides(args)
-    for keys, raw in pairs:
-        annotation, problem = _leaf(keys)
-        if problem:
-            problems.append(problem)
-            continue
-        # Text settings take the string as typed: `--model.path 7` is "7", `--data.template no` is "no".
-        value, problem = (raw, None) if _is_text(annotation) else _parse_value(".".join(keys), raw)
-        if problem:
-            problems.append(problem)
-        else:
-            _set(data, keys, value, problems)
-    return problems
-
-
-# ---------------------------------------------------------------- turning errors into lines
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _model_at(keys: Sequence[Any]) -> type[BaseModel] | None:
-    node: Any = Config
-    for part in keys:
-        field = node.model_fields.get(part) if isinstance(part, str) else None
-        node = field.annotation if field else None
-        if not (isinstance(node, type) and issubclass(node, BaseModel)):
-            return None
-    return node
-
-
-def _unknown(loc: tuple) -> str:
-    parent = _model_at(loc[:-1])
-    kind = "section" if parent is Config else "field"
-    if parent is None:
-        return f"unknown {kind}"
-    names = list(parent.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
-    return f"unknown {kind} (did you mean '{close[0]}'?)" if close else f"unknown {kind} (valid: {', '.join(names)})"
-
-
-def _format_errors(err: ValidationError) -> list[str]:
-    lines = []
-    for e in err.errors(include_url=False):
-        path = ".".join(str(p) for p in e["loc"]) or "config"
-        kind, section = e["type"], _model_at(e["loc"])
-        if kind == "missing" and section is not None:
-            # A missing section is reported as the settings it lacks: `model.path`, not `model`.
-            required = [name for name, f in section.model_fields.items() if f.is_required()]
-            lines += [f"{path}.{name}: required, but not set" for name in required]
-            continue
-        if kind == "extra_forbidden":
-            reason = _unknown(e["loc"])
-        elif kind == "missing":
-            reason = "required, but not set"
-        elif kind == "cross_field":
-            reason = e["msg"]
-        elif kind in ("model_type", "model_attributes_type", "dict_type"):
-            reason = f"must be a mapping, got {_show(e['input'])}"
-        else:
-            reason = f"{e['msg']} (got {_show(e['input'])})"
-        lines.append(f"{path}: {reason}")
-    return lines
-
-
-def _partial_cross_field(data: dict, err: ValidationError) -> list[str]:
-    """Cross-field problems among the fields that did validate, so one run reports everything."""
-    bad = {tuple(e["loc"][:2]) for e in err.errors()}
-    values = {}
-    for section in {p.split(".")[0] for p in _CROSS_FIELD_PATHS}:
-        raw, cls = data.get(section) or {}, Config.model_fields[section].annotation
-        if not isinstance(raw, dict) or (section,) in bad:
-            continue
-        kept = {k: v for k, v in raw.items() if (section, k) not in bad and k in cls.model_fields}
-        try:
-            model = cls.model_validate(kept)
-        except ValidationError:
-            continue
-        values.update({f"{section}.{k}": getattr(model, k) for k in cls.model_fields if (section, k) not in bad})
-    return [f"{path}: {reason}" for path, reason in _cross_field_problems(values)]
-
-
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file at `path` (if any), then `overrides`. Raises ConfigError."""
-    parts = ([str(path)] if path is not None else []) + (["the command line"] if overrides else [])
-    source = " and ".join(parts) or None
-    data = _read_yaml(Path(path)) if path is not None else {}
-    problems = _apply_overrides(data, overrides)
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as err:
-        problems += _format_errors(err)
-        if not any(e["type"] == "cross_field" for e in err.errors()):
-            problems += _partial_cross_field(data, err)
-    if problems:
-        raise ConfigError(problems, source)
-    return cfg
-
-
-# ---------------------------------------------------------------- command line
-
-def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> Config:
-    """`--config FILE` plus overrides; on bad input prints "error: ..." lines and exits 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    prog = prog or os.path.basename(sys.argv[0]) or "drgrpo"
-    if "-h" in argv or "--help" in argv:
-        from drgrpo.config_docs import help_text  # imports this module
-
-        print(help_text(prog))
-        raise SystemExit(0)
-    path, rest, problems, i = None, [], [], 0
-    while i < len(argv):
-        if argv[i] == "--config":
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                problems.append("--config: missing its value (--config FILE)")
-                i += 1
-                continue
-            path, i = argv[i + 1], i + 2
-        elif argv[i].startswith("--config="):
-            path, i = argv[i].split("=", 1)[1], i + 1
-        else:
-            rest.append(argv[i])
-            i += 1
-    try:
-        cfg = load_config(path, rest)
-    except ConfigError as err:
-        problems += err.problems
-        source = err.source
-    else:
-        source = None
-    if problems:
-        usage = f"usage: {prog} [--config FILE] [--section.field VALUE ...]   (--help lists every setting)"
-        print(usage, file=sys.stderr)
-        print(f"error: invalid configuration{f' from {source}' if source else ''}", file=sys.stderr)
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
-    return cfg
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv == ["--markdown"]:
-        from drgrpo.config_docs import config_reference_markdown
-
-        print(config_reference_markdown(), end="")
-        return
-    print(parse_args(argv, prog="python -m drgrpo.config").to_yaml(), end="")
-
-
-if __name__ == "__main__":
-    main()

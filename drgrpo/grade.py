@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from drgrpo.rewards import DEFAULT_TIMEOUT_S, Grader
+from drgrpo.grader import DEFAULT_TIMEOUT_S, Grader
 from drgrpo.templates import TEMPLATES
 
 

@@ -18,18 +18,18 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.failures import ActorFailure, RunError, gather, settle
+from actors.failures import RunError, blame, gather, settle
+from actors.fault_log import FaultLog
 from actors.generator import Completion, Generated, Generator, Sampling
 from actors.learner import Learner
 from actors.placement import end_process_tree
 from actors.reward_pool import RewardPool
-from actors.weight_sync import engine_for
+from actors.weight_sync import engine_for, sync_culprits
 from drgrpo.batching import Sample
 from drgrpo.config import Config
 from drgrpo.metrics import logprob_agreement
 from drgrpo.seeds import request_seeds
 from launch import recovery
-from launch.recovery import FaultLog
 
 CPU_SHARE = 0.25  # per actor on a CPU machine: 2 cores hold 2 generators, 2 learners, 2 graders
 NOTICE_AFTER_S = 10.0  # say what the run waits for when placing it takes longer than this
@@ -145,13 +145,10 @@ class PendingGeneration:
         names = [f"generator {p.index}" for p in self.parts]
         while True:
             outcomes = settle([p.ref for p in self.parts], self.timeout_s)
-            lost = [(p, o) for p, o in zip(self.parts, outcomes) if o.failure]
+            lost = blame(outcomes, names, restart_generators=True)  # or ActorFailure
             if not lost:
                 break
-            for part, outcome in lost:
-                if not recovery.restartable(outcome):
-                    raise ActorFailure(names[self.parts.index(part)], outcome.reason,
-                                       lost=recovery.restartable(outcome))
+            for part, outcome in ((self.parts[k], outcomes[k]) for k in lost):
                 reason = outcome.reason + (" (cluster.generate_timeout_s)"
                                            if outcome.failure == "late" else "")
                 self.cluster.replace_generator(part.index, part.actor, reason,
@@ -171,7 +168,7 @@ class Cluster:
         self.cfg, self.device = cfg, device
         self.placement_timeout_s, self.generate_timeout_s = (c.placement_timeout_s,
                                                              c.generate_timeout_s)
-        # Restarts of generators and reward workers (launch/recovery.py); a run passes its own,
+        # Restarts of generators and reward workers (actors/fault_log.py); a run passes its own,
         # so that counts outlive this cluster.
         self.faults = faults or FaultLog(c.max_actor_restarts)
         self.weights_version = weights_version  # the update the generators hold
@@ -246,7 +243,7 @@ class Cluster:
         generator that raised, is an `ActorFailure`."""
         refs = [call(l) for l in self.learners]
         outcomes = settle(refs, self.cfg.cluster.sync_timeout_s + 2 * SYNC_MARGIN_S)
-        restart = recovery.sync_culprits(outcomes, self.learner_names, len(self.generators))
+        restart = sync_culprits(outcomes, self.learner_names, len(self.generators))
         for i in restart:
             outcome = next(o for o in outcomes if o.cause is not None).cause.outcomes[i]
             reason = outcome.reason + (" in a weight sync (cluster.sync_timeout_s)"

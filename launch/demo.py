@@ -19,8 +19,8 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "demo_cpu.yaml"
 
 def prepare_assets(cfg) -> None:
     """Build the base model and task files the config names, if they are missing."""
-    from drgrpo.arith_task import write_task
-    from drgrpo.base_model import prepare_smollm2
+    from demo.arith_task import write_task
+    from demo.base_model import prepare_smollm2
 
     model = Path(cfg.model.path)
     if not (model / "config.json").is_file():
@@ -54,8 +54,8 @@ def print_table(summary: dict, run_dir: Path, plot: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from drgrpo.config import parse_args
-    from drgrpo.plots import plot_run
+    from drgrpo.config_cli import parse_args
+    from launch.plots import plot_run
     from launch.run import InputError
     from launch.train import train
 

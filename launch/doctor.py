@@ -35,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from actors.failures import gather
-from drgrpo.config import Config, parse_args
+from drgrpo.config import Config
+from drgrpo.config_cli import parse_args
 from launch.run import InputError
 
 PACKAGES = ("ray", "vllm", "torch", "transformers", "drgrpo")
@@ -249,7 +250,7 @@ def check_generators(d: Doctor) -> tuple:
 
 def check_graders(d: Doctor) -> tuple:
     from actors.reward_pool import CHUNK_MARGIN_S
-    from drgrpo.rewards import plan
+    from drgrpo.answers import plan
     from drgrpo.templates import reference_response
 
     template, pool = d.cfg.data.template, d.cluster.rewards

@@ -13,10 +13,10 @@ import ray
 from ray.util.placement_group import remove_placement_group
 
 from actors.failures import gather
+from actors.fault_log import FaultLog
 from actors.placement import end_process_tree
 from actors.reward_pool import RewardPool
 from launch.cluster import CPU_SHARE, Cluster, create_generators, reserve
-from launch.recovery import FaultLog
 
 
 class InferenceCluster:

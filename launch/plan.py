@@ -25,7 +25,8 @@ from itertools import combinations
 
 from pydantic import ValidationError
 
-from drgrpo.config import Config, parse_args
+from drgrpo.config import Config
+from drgrpo.config_cli import parse_args
 from drgrpo.memory import GiB, Learner, LearnerMemory, Shape, learner_memory, shape_of
 
 # Reserved but unallocated by torch's caching allocator while training: 2.8 to 5.0 GiB, median

@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from actors.failures import RunError
+from actors.fault_log import FaultLog
 from drgrpo.config import Config
 from drgrpo.data import DataError, Problem, load_problems
 from drgrpo.templates import apply_template
 from launch.loggers import Loggers, LoggerStartError, missing_package
 from launch.pipeline import Rollout, rollouts_from_json, rollouts_to_json
-from launch.recovery import FaultLog
 
 CHECKPOINT = re.compile(r"^step_(\d{6,})$")
 ROLLOUTS = "rollouts.json"  # in a checkpoint: the rollouts it kept for the steps after it
@@ -104,7 +104,7 @@ class Run:
     output_dir: Path
     loggers: Loggers
     actors: dict = field(default_factory=dict)  # name -> node, pid, start-up times
-    faults: FaultLog | None = None  # actors restarted (launch/recovery.py), for the whole run
+    faults: FaultLog | None = None  # actors restarted (actors/fault_log.py), for the whole run
     saved: list[Rollout] = field(default_factory=list)  # read, and checked, by `prepare`
 
     def __post_init__(self):

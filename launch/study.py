@@ -168,7 +168,7 @@ def conclusions(study: dict) -> list[str]:
 
 
 def plots(study: dict, output: Path) -> list[Path]:
-    from drgrpo.plots import plot_study
+    from launch.plots import plot_study
 
     series = {m: [read_records(Path(study["runs"][run_name(m, s)]["dir"]))
                   for s in study["seeds"]] for m in study["methods"]}
@@ -204,7 +204,7 @@ def _take(argv: list[str], flag: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from drgrpo.config import parse_args
+    from drgrpo.config_cli import parse_args
     from launch.demo import prepare_assets
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="PNG to write (default RUN_DIR/timeline.png)")
     parser.add_argument("--steps", type=_steps, default=None, help="FIRST:LAST steps to draw")
     args = parser.parse_args(argv)
-    from drgrpo.plots import plot_timeline
+    from launch.plots import plot_timeline
 
     if not (args.run_dir / "metrics.jsonl").is_file():
         print(f"error: {args.run_dir / 'metrics.jsonl'} does not exist", file=sys.stderr)

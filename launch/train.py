@@ -20,7 +20,8 @@ from actors.failures import RunError
 from actors.generator import Sampling
 from drgrpo.algorithm import group_advantages
 from drgrpo.batching import Sample, plan_steps
-from drgrpo.config import Config, parse_args
+from drgrpo.config import Config
+from drgrpo.config_cli import parse_args
 from drgrpo.data import Problem
 from drgrpo.metrics import rollout_metrics
 from drgrpo.seeds import derive_seed
@@ -42,7 +43,7 @@ def _train(cfg: Config, run: Run) -> dict:
 
     from launch.cluster import Cluster
 
-    if not ray.is_initialized():  # launch.compare trains twice, a restart again, in one process
+    if not ray.is_initialized():  # a run restart trains again in the same process
         ray.init(**run.ray_init_kwargs)
     device = cfg.cluster.resolve_device(ray.cluster_resources())
     if device == "cuda":  # a run its GPUs cannot hold stops here, in one line, before any actor

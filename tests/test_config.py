@@ -7,16 +7,9 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from drgrpo.config import (
-    Config,
-    ConfigError,
-    config_to_dict,
-    load_config,
-    parse_args,
-    parse_overrides,
-    save_config,
-)
-from drgrpo.config_docs import config_reference_markdown
+from drgrpo.config import Config, config_to_dict, save_config
+from drgrpo.config_cli import config_reference_markdown, parse_args
+from drgrpo.config_load import ConfigError, load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["--model.path", "m", "--data.train_path", "t.jsonl"]
@@ -49,7 +42,7 @@ def test_defaults():
     c = cfg.cluster
     assert (c.num_generators, c.generator_tp, c.num_learners, c.num_reward_workers) == (1, 1, 1, 2)
     assert c.colocate is False and c.device == "auto"
-    assert c.reward_timeout_s == 5.0  # the grader's own default (drgrpo/rewards.py says why)
+    assert c.reward_timeout_s == 5.0  # the grader's own default (drgrpo/grader.py says why)
     e = cfg.eval
     assert (e.temperature, e.max_new_tokens, e.samples, e.limit) == (0.0, 3000, 1, None)
     t = cfg.trainer
@@ -263,7 +256,7 @@ def test_parse_args_in_process(tmp_path):
 
 
 def run_cli(*args):
-    code = "import sys; from drgrpo.config import parse_args; parse_args(sys.argv[1:], prog='train'); print('OK')"
+    code = "import sys; from drgrpo.config_cli import parse_args; parse_args(sys.argv[1:], prog='train'); print('OK')"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=120,
                           check=False)
 
@@ -294,7 +287,7 @@ def test_help_lists_every_field():
 def test_docs_are_up_to_date():
     docs = ROOT / "docs" / "config.md"
     assert docs.read_text() == config_reference_markdown(), (
-        "docs/config.md is stale: run `python -m drgrpo.config --markdown > docs/config.md`")
+        "docs/config.md is stale: run `python -m drgrpo.config_cli --markdown > docs/config.md`")
 
 
 @pytest.mark.parametrize("name, model", [("qwen2.5-math-7b", "Qwen/Qwen2.5-Math-7B"),

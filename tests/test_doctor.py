@@ -15,7 +15,7 @@ import yaml
 ray = pytest.importorskip("ray")
 
 from drgrpo.batching import Sample, plan_steps  # noqa: E402
-from drgrpo.config import load_config  # noqa: E402
+from drgrpo.config_load import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from actors.generator import Completion
 from drgrpo import grade
 from drgrpo.config import EvalConfig
 from drgrpo.data import Problem, load_problems
-from drgrpo.rewards import Grader
+from drgrpo.grader import Grader
 from drgrpo.templates import TEMPLATES, reference_response
 from launch import evaluate as ev
 

@@ -31,7 +31,7 @@ def test_seeded_prompt_over_the_token_budget_samples_as_it_does_alone(tmp_path):
     not rewind the seeded sampler of a prompt prefilled in parts: a demo rollout of 8 prompts
     x 8 samples failed with "CPU Generator does not use offset"), and each prompt's samples
     are the ones it gets alone: its seeds, not its batch, decide them."""
-    from drgrpo.tiny import build_tiny_model
+    from demo.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny-long", max_position_embeddings=8192)
     proc = subprocess.run([sys.executable, "-c", CHILD, str(model)], cwd=ROOT,

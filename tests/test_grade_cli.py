@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from drgrpo.rewards import grade_response
+from drgrpo.answers import grade_response
 
 ROOT = Path(__file__).resolve().parents[1]
 

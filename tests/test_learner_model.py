@@ -22,7 +22,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer  # noqa: 
 
 from actors.learner import LearnerActor  # noqa: E402
 from drgrpo.batching import Sample, chunks, collate, response_logprobs  # noqa: E402
-from drgrpo.config import load_config  # noqa: E402
+from drgrpo.config_load import load_config  # noqa: E402
 
 MICRO_BATCH = 2
 

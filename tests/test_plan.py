@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from drgrpo.config import load_config
+from drgrpo.config_load import load_config
 from drgrpo.memory import GiB, Learner, learner_memory, shape_of
 from launch import plan as planner
 
@@ -296,7 +296,7 @@ def test_train_refuses_an_unfit_config_in_one_line_before_any_actor(tmp_path):
     (and a tokenizer, which launch.train reads before any actor). This Ray cluster has no
     GPU, so the plan assumes 80 GiB and says so. Were the check missing, placing the GPU
     actors would fail after cluster.placement_timeout_s, with another message."""
-    from drgrpo.tiny import build_tokenizer
+    from demo.tiny import build_tokenizer
 
     model = tmp_path / "qwen2.5-math-7b"
     model.mkdir()

@@ -8,7 +8,7 @@ ray = pytest.importorskip("ray")
 
 from actors.failures import ActorFailure  # noqa: E402
 from actors.reward_pool import RewardPool  # noqa: E402
-from drgrpo.rewards import Verdict, grade_response  # noqa: E402
+from drgrpo.answers import Verdict, grade_response  # noqa: E402
 
 # Distinct (the grader grades identical answers once), each one passes the cost guard and
 # then takes sympy minutes to expand: only the hard time limit stops them.

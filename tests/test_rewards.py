@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from drgrpo import rewards
+from drgrpo import answers
 from drgrpo.answer_cost import affordable
-from drgrpo.rewards import Grader, Verdict, answers_match, extract_answer, grade_response
+from drgrpo.answers import Verdict, answers_match, extract_answer, grade_response
+from drgrpo.grader import Grader
 from drgrpo.templates import TEMPLATES, reference_response
 
 # Passes the cost guard (an exponent of 100 is allowed) but sympy expands it into 176,851
@@ -160,8 +161,8 @@ def test_different_answers(pred, gold):
 
 
 def test_oversized_answers_are_not_parsed():
-    assert not answers_match("1" + " " * rewards.MAX_ANSWER_CHARS, ["1"])
-    deep = "{" * (rewards.MAX_NESTING + 1) + "1" + "}" * (rewards.MAX_NESTING + 1)
+    assert not answers_match("1" + " " * answers.MAX_ANSWER_CHARS, ["1"])
+    deep = "{" * (answers.MAX_NESTING + 1) + "1" + "}" * (answers.MAX_NESTING + 1)
     assert not answers_match(deep, ["1"])
     # Twice the deepest reference (4): even an answer equal to its reference is refused.
     assert not answers_match("\\sin(" * 9 + "x" + ")" * 9, ["\\sin(" * 9 + "x" + ")" * 9])
@@ -246,7 +247,7 @@ def test_expression_bombs_are_refused_not_timed_out():
     ],
 )
 def test_cost_guard_bounds(answer, cheap):
-    assert affordable(rewards._parse(answer)) is cheap
+    assert affordable(answers._parse(answer)) is cheap
 
 
 def test_megabyte_responses_are_fast(grader):
@@ -490,7 +491,7 @@ def test_reference_parse_failures_are_known_and_none_is_too_costly(benchmark, sh
     unparseable, costly = set(), []
     for n, answer in enumerate(_answers(shared_data_dir, benchmark), 1):
         for alt in _alternatives(answer):
-            parsed = rewards._parse(rewards._prepare(alt, alt)[1])
+            parsed = answers._parse(answers._prepare(alt, alt)[1])
             if not parsed:
                 unparseable.add((benchmark, n))
             elif not affordable(parsed):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from actors.generator import Completion
-from drgrpo.config import load_config
+from drgrpo.config_load import load_config
 from drgrpo.data import Problem
 from launch.pipeline import Rollout, rollouts_to_json
 from launch.run import InputError, Run, prepare

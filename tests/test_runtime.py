@@ -7,7 +7,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from drgrpo.batching import Sample, plan_steps  # noqa: E402
-from drgrpo.config import load_config  # noqa: E402
+from drgrpo.config_load import load_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

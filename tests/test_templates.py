@@ -2,7 +2,7 @@
 
 import pytest
 
-from drgrpo.rewards import extract_answer, grade_response
+from drgrpo.answers import extract_answer, grade_response
 from drgrpo.templates import TEMPLATES, apply_template, reference_response, stop_strings
 
 QUESTION = "What is $1+1$?"

@@ -131,7 +131,7 @@ def answering_run(workdir, tied_model_path):
     model taught to answer `\\boxed{2|3|4}` at random on sums that make 2, 3 or 4, so most
     groups mix right and wrong answers. The workdir's model scores 0 on everything: its
     advantages are all 0 and its weights never change."""
-    from drgrpo.tiny import teach_boxed_answers
+    from demo.tiny import teach_boxed_answers
 
     sums = [(1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (2, 2)]
     data = workdir / "sums.jsonl"
@@ -249,9 +249,9 @@ def test_bad_input_stops_before_any_actor(workdir, case, flags, expected, lines)
 
 
 def readme_block(heading: str) -> list[str]:
-    """The commands of the first bash block under `heading` in README.md, continuation
-    lines joined."""
-    text = (ROOT / "README.md").read_text()
+    """The commands of the first bash block under `heading` in docs/cluster.md (the README's
+    cluster details), continuation lines joined."""
+    text = (ROOT / "docs" / "cluster.md").read_text()
     block = text[text.index(heading):].split("```bash\n", 1)[1].split("```", 1)[0]
     return block.replace("\\\n", " ").splitlines()
 
@@ -349,7 +349,7 @@ def test_colocated_generators_start_before_learners(workdir):
 def test_failed_engine_is_one_line_naming_its_cause(workdir, tmp_path):
     """vLLM-CPU has no attention kernel for head_dim 16: the engine's worker process fails,
     and all vLLM tells the actor is "see stack trace above" in a log the user never sees."""
-    from drgrpo.tiny import build_tiny_model
+    from demo.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "head-dim-16", hidden_size=32, num_heads=2)
     proc = small_run(workdir, tmp_path / "run", "--model.path", str(model),

@@ -101,7 +101,7 @@ def build_tiny_model(
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / "drgrpo_tiny.json").write_text(json.dumps({"seed": seed, "built_by": "drgrpo.tiny"}))
+    (tmp / "drgrpo_tiny.json").write_text(json.dumps({"seed": seed, "built_by": "demo.tiny"}))
     tmp.rename(out_dir)
     return out_dir
 

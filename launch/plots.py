@@ -1,7 +1,7 @@
 """Figures from metrics.jsonl: the curves a researcher looks at first.
 
 `plot_run`: reward and held-out accuracy per step, and the paper's diagnostic, the mean length
-of correct vs incorrect responses. `plot_comparison`: GRPO vs Dr. GRPO side by side.
+of correct vs incorrect responses. `plot_study`: GRPO vs Dr. GRPO over seeds (launch.study).
 """
 
 from __future__ import annotations
@@ -51,29 +51,6 @@ def plot_run(run_dir: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     out = Path(run_dir) / "curves.png"
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
-
-
-def plot_comparison(runs: dict[str, str | Path], out: str | Path) -> Path:
-    """`runs` maps a method name ("grpo", "dr_grpo") to its run folder."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for method, run_dir in runs.items():
-        records = read_metrics(run_dir)
-        color = COLORS.get(method)
-        left.plot(*_series(records, "eval/average"), "o-", color=color, label=f"{method} held-out")
-        left.plot(*_series(records, "accuracy"), color=color, alpha=0.35,
-                  label=f"{method} training")
-        right.plot(*_series(records, "response_length/incorrect_mean"), color=color,
-                   label=method)
-    left.set(xlabel="policy step", ylabel="accuracy", ylim=(0, 1), title="Accuracy")
-    right.set(xlabel="policy step", ylabel="tokens",
-              title="Mean length of incorrect responses")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    out = Path(out)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
