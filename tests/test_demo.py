@@ -114,3 +114,33 @@ def test_a_demo_run_whose_engine_is_killed_logs_what_the_fault_free_one_does(tmp
     assert [r["step"] for r in got] == [r["step"] for r in expected]
     assert got[-1]["faults/generator_restarts"] == 1
     assert [untimed(r) for r in got] == [untimed(r) for r in expected]
+
+
+def test_the_demo_reruns_the_published_studys_first_two_steps(demo_run):
+    """docs/study.md's runs are the demo's setting for 30 steps (launch/configs/study_cpu.yaml
+    differs from demo_cpu.yaml only in the steps, the samples log and the folder), so this
+    module's demo run is a rerun of the published dr_grpo seed-0 run: its step-0 evaluation and
+    its first two steps must be the published ones, metric for metric (CPU runs are
+    deterministic; the published figures come from a machine of CI's kind, AVX-512 BF16).
+    Its later steps may part from the study's: the study evaluates every 2 steps, and an
+    evaluation leaves its prompts' blocks in vLLM's prefix cache."""
+    import yaml
+
+    configs = ROOT / "launch" / "configs"
+    study, demo = (yaml.safe_load((configs / name).read_text())
+                   for name in ("study_cpu.yaml", "demo_cpu.yaml"))
+    assert (study["trainer"].pop("max_steps"), demo["trainer"].pop("max_steps")) == (30, 8)
+    assert study["trainer"].pop("samples_every") == 1
+    study["trainer"].pop("output_dir"), demo["trainer"].pop("output_dir")
+    assert study == demo
+
+    published = [json.loads(line) for line in
+                 (ROOT / "docs" / "study" / "dr_grpo-seed0.jsonl").read_text().splitlines()]
+
+    def training(record: dict) -> dict:
+        return {k: v for k, v in untimed(record).items()
+                if record["step"] == 0 or not k.startswith("eval/")}
+
+    got = records(demo_run)
+    assert [r["step"] for r in published[:3]] == [r["step"] for r in got[:3]] == [0, 1, 2]
+    assert [training(r) for r in got[:3]] == [training(r) for r in published[:3]]
