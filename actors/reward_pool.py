@@ -1,11 +1,11 @@
 """Reward pool: `num_reward_workers` Ray actors grading responses with the core grader.
 
-Each worker owns a `drgrpo.grader.Grader`, which grades in a child process with a hard time
+Each worker owns a `drgrpo.rewards.Grader`, which grades in a child process with a hard time
 limit (killed and replaced on timeout or crash), so one hostile answer costs at most
 `timeout_s` of CPU time (and `wall_timeout_s` of wall time) and scores 0 with
 `timed_out=True`; it never stalls or kills the batch.
 
-The driver does the linear part (`drgrpo.answers.plan`: extract the final answers, settle the
+The driver does the linear part (`drgrpo.rewards.plan`: extract the final answers, settle the
 unformatted, cut-off and oversized ones, merge duplicates across the whole batch), so only
 short distinct answers travel. These go out in small chunks to whichever worker is free, so
 a slow answer delays only its own chunk while the other workers take the rest. A chunk takes
@@ -16,11 +16,9 @@ worker made the step wait for the sum of the limits in the worst chunk.)
 A worker that dies (its process killed, out of memory) or does not answer a chunk within the
 chunk's own bound (each answer's wall-clock limit, one after another, plus a margin for a
 worker's start) is killed and replaced, and the chunk is graded again, by whichever worker is
-free; each restart goes to `faults` (actors/fault_log.py: the log line, the counts, the
-limit). A worker whose own code raises is not replaced: the run stops with `ActorFailure`, one
-line naming the worker and its error. Each chunk that comes back is judged by the rule every
-wait on actors follows (actors/failures.py: `outcome_of`, `late`, `restartable`); the
-workers are independent, so a worker that raised is blamed at once.
+free; each restart goes to `faults` (launch/recovery.py: the log line, the counts, the limit).
+A worker whose own code raises is not replaced: the run stops with `ActorFailure`, one line
+naming the worker and its error.
 """
 
 from __future__ import annotations
@@ -29,8 +27,9 @@ import time
 from collections import deque
 
 import ray
+from ray.exceptions import RayError
 
-from actors.failures import ActorFailure, late, outcome_of, restartable
+from actors.failures import ActorFailure, lost, root_cause
 from actors.fault_log import FaultLog
 from drgrpo.answers import Pair, Verdict, plan
 from drgrpo.grader import DEFAULT_TIMEOUT_S, Grader
@@ -38,7 +37,6 @@ from drgrpo.grader import DEFAULT_TIMEOUT_S, Grader
 # Beyond its answers' own limits, a chunk may wait this long: for a replaced worker to start
 # (its grading process included: Grader's start-up limit is 120 s) and for Ray's calls.
 CHUNK_MARGIN_S = 150.0
-DIED = "its process died (killed, out of memory, or its node was lost)"  # the fault log's words
 
 
 class RewardWorkerActor:
@@ -63,7 +61,7 @@ class RewardPool:
 
     def __init__(self, num_workers: int, timeout_s: float = DEFAULT_TIMEOUT_S,
                  options: dict | None = None, chunk_size: int = 8,
-                 wall_timeout_s: float | None = None, faults: FaultLog | None = None,
+                 wall_timeout_s: float | None = None, faults=None,
                  margin_s: float = CHUNK_MARGIN_S):
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
@@ -103,14 +101,16 @@ class RewardPool:
             failed = []
             if ready:
                 k, j, _ = running.pop(ready[0])
-                done = outcome_of(ready[0])
-                if restartable(done):
-                    failed.append((k, j, DIED))
-                elif done.failure:  # its own code raised: a new worker would raise again
-                    raise ActorFailure(f"reward worker {k}", done.reason)
+                try:
+                    _, chunk = ray.get(ready[0])
+                except RayError as err:
+                    if not lost(err):  # its own code raised: a new worker would raise again
+                        raise ActorFailure(f"reward worker {k}", root_cause(err)) from None
+                    failed.append((k, j, "its process died (killed, out of memory, or its "
+                                         "node was lost)"))
                 else:
                     free.append(k)
-                    for pair, verdict in zip(pairs[j::chunks], done.value[1]):
+                    for pair, verdict in zip(pairs[j::chunks], chunk):
                         for i in jobs[pair]:
                             verdicts[i] = verdict
                     if j in regraded:
@@ -119,7 +119,7 @@ class RewardPool:
                 if deadline <= time.monotonic():
                     del running[ref]
                     bound = self.answer_wall_s * len(pairs[j::chunks]) + self.margin_s
-                    failed.append((k, j, late(bound).reason))
+                    failed.append((k, j, f"no answer within {bound:g} s"))
             for k, j, reason in failed:
                 name = f"reward worker {k}"
                 started = self.faults.begin(name, reason)

@@ -22,9 +22,9 @@ This module imports no vLLM: the driver uses it too.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from actors.failures import Outcome, blame, settle
+from actors.failures import Outcome, settle
 
 BROADCAST = "broadcast"
 
@@ -60,20 +60,6 @@ class GeneratorsFailed(Exception):
 
     def __reduce__(self):
         return type(self), (self.verb, self.outcomes)
-
-
-def sync_culprits(outcomes: Sequence[Outcome], learner_names: Sequence[str],
-                  generators: int) -> list[int]:
-    """Of a weight-sync call made on every learner, the generators to restart (their
-    indices), or `ActorFailure` for the one to blame, by `actors.failures.blame`'s rule.
-    Learner rank 0 drives the generators: when its call failed because theirs did
-    (`GeneratorsFailed`), their outcomes stand in for its own."""
-    learners, members = list(outcomes), [Outcome() for _ in range(generators)]
-    for k, outcome in enumerate(outcomes):
-        if isinstance(outcome.cause, GeneratorsFailed):
-            learners[k], members = Outcome(), outcome.cause.outcomes
-    names = [*learner_names, *(f"generator {i}" for i in range(generators))]
-    return [k - len(learners) for k in blame(learners + members, names, restart_generators=True)]
 
 
 class GeneratorClient:

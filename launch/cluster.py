@@ -18,13 +18,13 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.failures import RunError, blame, gather, settle
+from actors.failures import ActorFailure, RunError, gather, settle
 from actors.fault_log import FaultLog
 from actors.generator import Completion, Generated, Generator, Sampling
 from actors.learner import Learner
 from actors.placement import end_process_tree
 from actors.reward_pool import RewardPool
-from actors.weight_sync import engine_for, sync_culprits
+from actors.weight_sync import engine_for
 from drgrpo.batching import Sample
 from drgrpo.config import Config
 from drgrpo.metrics import logprob_agreement
@@ -145,10 +145,13 @@ class PendingGeneration:
         names = [f"generator {p.index}" for p in self.parts]
         while True:
             outcomes = settle([p.ref for p in self.parts], self.timeout_s)
-            lost = blame(outcomes, names, restart_generators=True)  # or ActorFailure
+            lost = [(p, o) for p, o in zip(self.parts, outcomes) if o.failure]
             if not lost:
                 break
-            for part, outcome in ((self.parts[k], outcomes[k]) for k in lost):
+            for part, outcome in lost:
+                if not recovery.restartable(outcome):
+                    raise ActorFailure(names[self.parts.index(part)], outcome.reason,
+                                       lost=recovery.restartable(outcome))
                 reason = outcome.reason + (" (cluster.generate_timeout_s)"
                                            if outcome.failure == "late" else "")
                 self.cluster.replace_generator(part.index, part.actor, reason,
@@ -243,7 +246,7 @@ class Cluster:
         generator that raised, is an `ActorFailure`."""
         refs = [call(l) for l in self.learners]
         outcomes = settle(refs, self.cfg.cluster.sync_timeout_s + 2 * SYNC_MARGIN_S)
-        restart = sync_culprits(outcomes, self.learner_names, len(self.generators))
+        restart = recovery.sync_culprits(outcomes, self.learner_names, len(self.generators))
         for i in restart:
             outcome = next(o for o in outcomes if o.cause is not None).cause.outcomes[i]
             reason = outcome.reason + (" in a weight sync (cluster.sync_timeout_s)"

@@ -38,6 +38,14 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def finished_step(out: Path, step: int) -> bool:
+    """Whether `step`'s record is in metrics.jsonl; a line being written is not yet read."""
+    try:
+        return any(r.get("step") == step and "reward/mean" in r for r in records(out))
+    except (OSError, ValueError):
+        return False
+
+
 def untimed(record: dict) -> dict:
     """What two runs of one seed must agree on: all but clock readings and fault counts."""
     return {k: v for k, v in record.items() if not (
@@ -85,14 +93,14 @@ def test_a_demo_run_whose_engine_is_killed_logs_what_the_fault_free_one_does(tmp
     sampled, the run recovers and logs, step by step and in its evaluations, exactly what the
     fault-free run logged."""
     out = tmp_path / "killed"
-    proc = subprocess.Popen(demo_command(out), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HOME": str(demo_home)})
+    log = tmp_path / "stderr.log"  # a file, not a pipe: a full pipe would stall the run
+    with open(log, "w") as stderr_file:
+        proc = subprocess.Popen(demo_command(out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=stderr_file, env={**os.environ, "HOME": str(demo_home)})
     killed, deadline = False, time.monotonic() + 900
     try:
         while not killed and time.monotonic() < deadline and proc.poll() is None:
-            done = (out / "metrics.jsonl").is_file() and any(
-                r.get("step") == 1 and "reward/mean" in r for r in records(out))
+            done = finished_step(out, 1)
             for p in psutil.Process(proc.pid).children(recursive=True) if done else []:
                 try:
                     parent = p.parent()
@@ -103,10 +111,11 @@ def test_a_demo_run_whose_engine_is_killed_logs_what_the_fault_free_one_does(tmp
                 except psutil.Error:
                     pass
             time.sleep(0.02)
-        _, stderr = proc.communicate(timeout=1500)
+        proc.wait(timeout=1500)
     finally:
         if proc.poll() is None:
             proc.kill()
+    stderr = log.read_text()
     assert killed, "the engine was not caught sampling step 2's rollout"
     assert proc.returncode == 0, stderr[-3000:]
     assert "recovered: generator 0 failed" in stderr, stderr[-3000:]

@@ -57,29 +57,3 @@ def test_each_kind_of_failure_is_one_line_naming_the_actor(ray_local):
     err = failure([good.sleeps.remote(5)], ["generator 1"], timeout_s=0.5)
     assert str(err) == "generator 1 failed: no answer within 0.5 s"
     assert gather([good.ok.remote(), good.ok.remote()], ["a", "b"]) == [1, 1]
-
-
-def test_one_rule_names_whom_to_blame():
-    """Died or never answered before raised (in a collective the others' errors follow from
-    theirs), generators before learners, actors late together named together; only the
-    generators that died or hung are handed back for a restart."""
-    from actors.failures import Outcome, blame, culprits, late
-
-    def outcomes(*kinds):
-        return [Outcome(failure=k, reason=f"{k} here") if k else Outcome(1) for k in kinds]
-
-    names = ["learner 0", "learner 1", "generator 0", "generator 1"]
-    assert culprits(outcomes(None, "raised", "late", "died"), names) == [2, 3]
-    assert culprits(outcomes("raised", "late", None, "unfinished"), names) == [1]
-    assert culprits(outcomes("late", "died", None, None), names) == [1]
-    assert culprits(outcomes(None, "raised", None, "raised"), names) == [1]
-    assert blame(outcomes(None, "raised", "late", "died"), names, restart_generators=True) == [2, 3]
-    assert blame(outcomes(None, None, None, None), names) == []
-    with pytest.raises(ActorFailure) as info:
-        blame([late(0.5), late(0.5), Outcome(1), *outcomes("raised")], names)
-    assert str(info.value) == "learner 0, learner 1 failed: no answer within 0.5 s"
-    assert info.value.lost
-    with pytest.raises(ActorFailure) as info:
-        blame(outcomes(None, None, "raised", "died"), names[:2] + ["reward worker 0", "x"],
-              restart_generators=True)
-    assert str(info.value) == "x failed: died here" and info.value.lost

@@ -96,7 +96,8 @@ def test_a_generator_that_failed_in_a_sync_is_blamed_not_learner_0():
     """Learner 0 drives the generators: its call fails because theirs did, and the driver
     restarts the generator that died or hung, not the learner that reported it."""
     from actors.failures import Outcome
-    from actors.weight_sync import GeneratorsFailed, sync_culprits
+    from actors.weight_sync import GeneratorsFailed
+    from launch.recovery import sync_culprits
 
     failed = GeneratorsFailed("update_weights", _outcomes(None, "died", "raised"))
     learners = [Outcome(failure="raised", reason="GeneratorsFailed: ...", cause=failed),
@@ -107,7 +108,8 @@ def test_a_generator_that_failed_in_a_sync_is_blamed_not_learner_0():
 
 def test_a_learner_lost_in_a_sync_is_blamed_and_a_generator_error_stops_the_run():
     from actors.failures import ActorFailure, Outcome
-    from actors.weight_sync import GeneratorsFailed, sync_culprits
+    from actors.weight_sync import GeneratorsFailed
+    from launch.recovery import sync_culprits
 
     with pytest.raises(ActorFailure) as lost:
         sync_culprits(_outcomes("died", None), ["learner 0", "learner 1"], 2)
