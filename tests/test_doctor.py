@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -14,8 +13,9 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from drgrpo.batching import Sample, plan_steps  # noqa: E402
-from drgrpo.config_load import load_config  # noqa: E402
+from test_runtime import random_samples, ray_local, tiny_config  # noqa: E402,F401 (fixture)
+
+from drgrpo.batching import plan_steps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,32 +128,9 @@ def test_bad_model_folder_is_one_line(cpu_config, tmp_path):
                                                 "does not exist"]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def tiny_config(model, tmp_path, **overrides):
-    flat = {"model.path": str(model), "model.dtype": "float32", "data.train_path": "unused",
-            "rollout.prompts_per_step": 2, "rollout.samples_per_prompt": 4,
-            "rollout.max_new_tokens": 16, "learner.lr": 1e-2, "learner.train_batch_size": 8,
-            "learner.micro_batch_size": 2, "learner.gradient_checkpointing": False,
-            "cluster.device": "cpu", "trainer.output_dir": str(tmp_path), **overrides}
-    return load_config(None, [f"--{k}={v}" for k, v in flat.items()])
-
-
-def random_samples(n=8, vocab=300, seed=0):
-    rng = random.Random(seed)
-    return [Sample([rng.randrange(vocab) for _ in range(rng.randint(3, 6))],
-                   [rng.randrange(vocab) for _ in range(rng.randint(1, 8))],
-                   rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0])) for _ in range(n)]
-
-
 @pytest.mark.parametrize("strategy,stage", [("fsdp", 2), ("deepspeed", 2), ("deepspeed", 3)],
                          ids=["fsdp", "zero2", "zero3"])
-def test_trial_step_trains_then_leaves_the_learners_as_they_were(ray_local, tiny_model_path,
+def test_trial_step_trains_then_leaves_the_learners_as_they_were(ray_local, tiny_model_path,  # noqa: F811
                                                                  tmp_path, strategy, stage):
     """Two learners that have trained already (so AdamW holds moments and a step count) take a
     trial step: it really steps (the weights move), then every weight, master weight and
