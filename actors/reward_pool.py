@@ -1,11 +1,11 @@
 """Reward pool: `num_reward_workers` Ray actors grading responses with the core grader.
 
-Each worker owns a `drgrpo.rewards.Grader`, which grades in a child process with a hard time
+Each worker owns a `drgrpo.grader.Grader`, which grades in a child process with a hard time
 limit (killed and replaced on timeout or crash), so one hostile answer costs at most
 `timeout_s` of CPU time (and `wall_timeout_s` of wall time) and scores 0 with
 `timed_out=True`; it never stalls or kills the batch.
 
-The driver does the linear part (`drgrpo.rewards.plan`: extract the final answers, settle the
+The driver does the linear part (`drgrpo.answers.plan`: extract the final answers, settle the
 unformatted, cut-off and oversized ones, merge duplicates across the whole batch), so only
 short distinct answers travel. These go out in small chunks to whichever worker is free, so
 a slow answer delays only its own chunk while the other workers take the rest. A chunk takes
@@ -16,9 +16,9 @@ worker made the step wait for the sum of the limits in the worst chunk.)
 A worker that dies (its process killed, out of memory) or does not answer a chunk within the
 chunk's own bound (each answer's wall-clock limit, one after another, plus a margin for a
 worker's start) is killed and replaced, and the chunk is graded again, by whichever worker is
-free; each restart goes to `faults` (launch/recovery.py: the log line, the counts, the limit).
-A worker whose own code raises is not replaced: the run stops with `ActorFailure`, one line
-naming the worker and its error.
+free; each restart goes to `faults` (actors/fault_log.py: the log line, the counts, the limit).
+A worker whose own code raises is not replaced (the one policy of actors.failures.blame): the
+run stops with `ActorFailure`, one line naming the worker and its error.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ import time
 from collections import deque
 
 import ray
-from ray.exceptions import RayError
 
-from actors.failures import ActorFailure, lost, root_cause
+from actors.failures import actor_failure, outcome_of
 from actors.fault_log import FaultLog
 from drgrpo.answers import Pair, Verdict, plan
 from drgrpo.grader import DEFAULT_TIMEOUT_S, Grader
@@ -101,14 +100,13 @@ class RewardPool:
             failed = []
             if ready:
                 k, j, _ = running.pop(ready[0])
-                try:
-                    _, chunk = ray.get(ready[0])
-                except RayError as err:
-                    if not lost(err):  # its own code raised: a new worker would raise again
-                        raise ActorFailure(f"reward worker {k}", root_cause(err)) from None
-                    failed.append((k, j, "its process died (killed, out of memory, or its "
-                                         "node was lost)"))
+                outcome = outcome_of(ready[0])
+                if outcome.failure == "raised":  # a new worker would raise the same again
+                    raise actor_failure([outcome], [f"reward worker {k}"], 0)
+                if outcome.failure:
+                    failed.append((k, j, outcome.reason))
                 else:
+                    _, chunk = outcome.value
                     free.append(k)
                     for pair, verdict in zip(pairs[j::chunks], chunk):
                         for i in jobs[pair]:

@@ -18,7 +18,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.failures import ActorFailure, RunError, gather, settle
+from actors.failures import RunError, actor_failure, gather, restartable, settle
 from actors.fault_log import FaultLog
 from actors.generator import Completion, Generated, Generator, Sampling
 from actors.learner import Learner
@@ -149,9 +149,8 @@ class PendingGeneration:
             if not lost:
                 break
             for part, outcome in lost:
-                if not recovery.restartable(outcome):
-                    raise ActorFailure(names[self.parts.index(part)], outcome.reason,
-                                       lost=recovery.restartable(outcome))
+                if not restartable(outcome):
+                    raise actor_failure(outcomes, names, self.parts.index(part))
                 reason = outcome.reason + (" (cluster.generate_timeout_s)"
                                            if outcome.failure == "late" else "")
                 self.cluster.replace_generator(part.index, part.actor, reason,

@@ -3,9 +3,8 @@ step goes on with exactly the work that was lost.
 
 The verbs (used by launch/cluster.py; the training loop never sees them):
 
-- `settle(refs, timeout_s)`: every call's outcome, waited for together up to a deadline,
-  without stopping at the first failure (a broadcast's other members fail *because* one
-  died: the one to blame is the one that died or never answered).
+- `culprits(outcomes, names)`: of calls waited on together (`actors.failures.settle`), the
+  generators to restart, by the one policy of `actors.failures.blame`.
 - `restart_generator(cluster, i, reason)`: kill what is left of generator i, start a new
   one on the same placement-group bundle with the same seed, rebuild the weight-sync group
   with every member (a torch.distributed group cannot replace one member), and send the
@@ -21,25 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actors.failures import ActorFailure, Outcome
+from actors.failures import Outcome, actor_failure, blame, restartable
 from actors.weight_sync import GeneratorsFailed
-
-
-def culprits(outcomes: Sequence[Outcome], names: Sequence[str]) -> list[int]:
-    """Of one collective's members, the generators to restart (indices into `names`), or
-    `ActorFailure` for a learner to blame. Blamed first: members that died or never answered
-    (the others' errors follow from theirs), generators before learners (a learner blocked in
-    a broadcast is late because a generator is gone); failing that, the first member that
-    raised, which is not restarted: the same work would raise the same error again."""
-    def failed(kinds):
-        return [k for k, o in enumerate(outcomes) if o.failure in kinds]
-
-    generators = [k for k in failed(("died", "late")) if names[k].startswith("generator")]
-    if generators:
-        return generators
-    for k in failed(("died", "late")) + failed(("raised",)):
-        raise ActorFailure(names[k], outcomes[k].reason, lost=outcomes[k].failure != "raised")
-    return []
 
 
 def sync_culprits(outcomes: Sequence[Outcome], learner_names: Sequence[str],
@@ -56,10 +38,16 @@ def sync_culprits(outcomes: Sequence[Outcome], learner_names: Sequence[str],
     return [k - len(learners) for k in culprits(learners + members, names)]
 
 
-def restartable(outcome: Outcome) -> bool:
-    """A failed call worth a restart: its actor died or hung. One that raised would raise
-    again on the same prompts with the same seeds."""
-    return outcome.failure in ("died", "late")
+def culprits(outcomes: Sequence[Outcome], names: Sequence[str]) -> list[int]:
+    """Of one collective's members, the generators to restart (indices into `names`), or
+    `ActorFailure` for the member to blame when that is not a generator that died or hung
+    (actors.failures.blame: one that raised is not restarted, the same work would raise the
+    same error again)."""
+    blamed = blame(outcomes, names)
+    restart = [k for k in blamed if restartable(outcomes[k]) and names[k].startswith("generator")]
+    if blamed and not restart:
+        raise actor_failure(outcomes, names, blamed[0])
+    return restart
 
 
 def restart_generator(cluster, i: int, reason: str, then: str = "",

@@ -84,7 +84,7 @@ def test_dead_and_hung_workers_are_replaced_and_their_chunks_graded_again(ray_lo
     assert verdicts == [grade_response(r, a, "qwen_math", False) for r, a in rows]
     reasons = {e.actor: e.reason for e in pool.faults.events}
     assert reasons.keys() == {"reward worker 0", "reward worker 1"}, reasons
-    assert reasons["reward worker 0"].startswith("its process died"), reasons
+    assert "process died" in reasons["reward worker 0"], reasons
     assert reasons["reward worker 1"].startswith("no answer within 2"), reasons
 
 
