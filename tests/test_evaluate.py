@@ -159,13 +159,25 @@ def run_cli(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_cli_end_to_end_on_tiny_model(tiny_model_path, shared_data_dir, tmp_path):
-    out, samples, limit = tmp_path / "eval", 2, 2
-    proc = run_cli("--model", str(tiny_model_path), "--template", "qwen_math",
-                   "--benchmarks", ",".join(BENCHMARKS), "--data-dir",
-                   str(shared_data_dir / "eval"), "--limit", str(limit), "--samples",
-                   str(samples), "--temperature", "1.0", "--max-new-tokens", "16",
-                   "--device", "cpu", "--dtype", "float32", "--output", str(out))
+LIMIT, SAMPLES, MAX_NEW_TOKENS = 6, 4, 48
+
+
+def cli_args(tiny_model_path, shared_data_dir) -> list[str]:
+    return ["--model", str(tiny_model_path), "--template", "qwen_math",
+            "--benchmarks", ",".join(BENCHMARKS), "--data-dir", str(shared_data_dir / "eval"),
+            "--limit", str(LIMIT), "--samples", str(SAMPLES), "--temperature", "1.0",
+            "--max-new-tokens", str(MAX_NEW_TOKENS), "--device", "cpu", "--dtype", "float32"]
+
+
+@pytest.fixture(scope="module")
+def clean_eval(tiny_model_path, shared_data_dir, tmp_path_factory):
+    """`launch.evaluate` on the five benchmarks, without faults: (output folder, process)."""
+    out = tmp_path_factory.mktemp("eval") / "clean"
+    return out, run_cli(*cli_args(tiny_model_path, shared_data_dir), "--output", str(out))
+
+
+def test_cli_end_to_end_on_tiny_model(clean_eval):
+    (out, proc), samples, limit = clean_eval, SAMPLES, LIMIT
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["generations.jsonl", "results.json",
                                                      "results.md"]  # no .tmp left behind
@@ -175,18 +187,19 @@ def test_cli_end_to_end_on_tiny_model(tiny_model_path, shared_data_dir, tmp_path
     for b in results["benchmarks"].values():
         assert set(b) == RESULT_KEYS
         assert (b["problems"], b["samples"], b["responses"]) == (limit, samples, limit * samples)
-        assert 0 < b["mean_response_length"] <= 16 and 0 <= b["accuracy"] <= 1
+        assert 0 < b["mean_response_length"] <= MAX_NEW_TOKENS and 0 <= b["accuracy"] <= 1
     accuracies = [b["accuracy"] for b in results["benchmarks"].values()]
     assert results["average"] == pytest.approx(sum(accuracies) / len(accuracies))
     s = results["settings"]
     assert (s["template"], s["limit"], s["samples"], s["max_new_tokens"]) == (
-        "qwen_math", limit, samples, 16)
+        "qwen_math", limit, samples, MAX_NEW_TOKENS)
 
     table = (out / "results.md").read_text()
     assert table in proc.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
     assert [r.split("|")[1].strip() for r in rows] == [*BENCHMARKS, "**Average**"]
-    assert re.search(r"olympiad_bench: 100%.*4/4", proc.stderr)  # a progress bar each
+    assert re.search(rf"olympiad_bench: 100%.*{limit * samples}/{limit * samples}",
+                     proc.stderr)  # a progress bar each
 
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(records) == len(BENCHMARKS) * limit * samples
@@ -234,7 +247,8 @@ def test_bad_input_is_one_line_before_ray(tiny_model_path, shared_data_dir, tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_engine_killed_mid_evaluation_is_recovered(tiny_model_path, shared_data_dir, tmp_path):
+def test_engine_killed_mid_evaluation_is_recovered(tiny_model_path, shared_data_dir, clean_eval,
+                                                   tmp_path):
     """`launch.evaluate` borrows the training cluster's recovery: a generator whose vLLM engine
     dies is replaced on its bundle and its prompts sampled again, with their own seeds, so
     the results are those of a run without the fault."""
@@ -243,16 +257,14 @@ def test_engine_killed_mid_evaluation_is_recovered(tiny_model_path, shared_data_
 
     import psutil
 
-    out = {name: tmp_path / name for name in ("clean", "killed")}
-    args = ["--model", str(tiny_model_path), "--template", "qwen_math", "--benchmarks",
-            "math500", "--data-dir", str(shared_data_dir / "eval"), "--limit", "24",
-            "--samples", "4", "--temperature", "1.0", "--max-new-tokens", "64",
-            "--device", "cpu", "--dtype", "float32"]
-    clean = run_cli(*args, "--output", str(out["clean"]))
-    assert clean.returncode == 0, clean.stderr[-3000:]
-    proc = subprocess.Popen([sys.executable, "-m", "launch.evaluate", *args, "--output",
-                             str(out["killed"])], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    out = {"clean": clean_eval[0], "killed": tmp_path / "killed"}
+    assert clean_eval[1].returncode == 0, clean_eval[1].stderr[-3000:]
+    log = tmp_path / "stderr.log"  # a file, not a pipe: a full pipe would stall the run
+    with open(log, "w") as stderr_file:
+        proc = subprocess.Popen([sys.executable, "-m", "launch.evaluate",
+                                 *cli_args(tiny_model_path, shared_data_dir), "--output",
+                                 str(out["killed"])], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=stderr_file)
     deadline, killed = time.monotonic() + 300, False
     while not killed and time.monotonic() < deadline and proc.poll() is None:
         for p in psutil.Process(proc.pid).children(recursive=True):
@@ -265,7 +277,8 @@ def test_engine_killed_mid_evaluation_is_recovered(tiny_model_path, shared_data_
             except psutil.Error:
                 pass
         time.sleep(0.02)
-    stdout, stderr = proc.communicate(timeout=600)
+    proc.wait(timeout=600)
+    stderr = log.read_text()
     assert killed, "the engine was not caught generating"
     assert proc.returncode == 0, stderr[-3000:]
     assert "recovered: generator 0 failed" in stderr, stderr[-3000:]

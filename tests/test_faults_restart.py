@@ -11,11 +11,7 @@ import time
 
 import psutil
 import pytest
-import test_train_e2e
 from test_train_e2e import ROOT, read_metrics, tensorboard_scalars, untimed
-
-# The end-to-end tests' fixtures: their config and tiny models (built once per module).
-workdir, answering_run = test_train_e2e.workdir, test_train_e2e.answering_run
 
 RESTART_KEYS = ("faults/run_restarts",)
 
@@ -61,17 +57,14 @@ def kill_learner(proc: subprocess.Popen, checkpoint, method: str | None, timeout
     raise AssertionError(f"no learner to kill within {timeout} s")
 
 
-def test_killed_learner_restarts_the_run_from_its_checkpoint(workdir, answering_run):
+def test_killed_learner_restarts_the_run_from_its_checkpoint(workdir, answering_run,
+                                                             reference_run):
     """kill -9 of the learner while it trains step 3: the run restarts from its step-2
     checkpoint and finishes; every step is logged once (metrics.jsonl and TensorBoard), and
-    steps 3 and 4 are exactly those of a run without the fault (CPU runs are deterministic),
-    counted as after one restart."""
+    steps 3 and 4 are exactly those of the fault-free reference run (CPU runs are
+    deterministic), counted as after one restart."""
     flags = [*answering_run, "--trainer.max_steps", "4", "--trainer.save_every", "2"]
-    whole, chaos = workdir / "restart-whole", workdir / "restart-chaos"
-    proc = start_run(workdir, whole, *flags)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-
+    whole, chaos = reference_run, workdir / "restart-chaos"
     proc = start_run(workdir, chaos, *flags)
     title = kill_learner(proc, chaos / "checkpoints" / "step_000002", "train")
     _, err = proc.communicate(timeout=600)
@@ -103,39 +96,25 @@ def test_killed_learner_restarts_the_run_from_its_checkpoint(workdir, answering_
     assert "process died" in restart["reason"] and restart["at"]
 
 
-def test_learner_0_killed_in_a_weight_sync_is_blamed_not_the_generators(workdir,
-                                                                       answering_run):
-    """Learner rank 0 drives the generators in a sync: killed there, it is the one to blame
-    (a run restart from the checkpoint), not the generators left waiting on it, and no
-    generator restart is counted. The generator is frozen (SIGSTOP) once step 3 trains, so
-    the learner is still in its sync when it is killed."""
-    flags = [*answering_run, "--trainer.max_steps", "3", "--trainer.save_every", "2"]
+def test_learner_0_killed_in_a_weight_sync_is_blamed_and_no_restart_left_is_one_line(
+        workdir, answering_run):
+    """Learner rank 0 drives the generators in a sync: killed there, it is the one to blame,
+    not the generators left waiting on it (no generator restart is tried). The generator is
+    frozen (SIGSTOP) once step 2 trains, so the learner is still in its sync when it is
+    killed. With trainer.max_restarts 0 the learner's death ends the run, with exit code 1
+    and one error line that names the learner and the last checkpoint, which stays
+    complete."""
     out = workdir / "restart-in-sync"
+    flags = [*answering_run, "--trainer.max_steps", "3", "--trainer.save_every", "1",
+             "--trainer.max_restarts", "0"]
     proc = start_run(workdir, out, *flags)
-    kill_learner(proc, out / "checkpoints" / "step_000002", "train", freeze_generator=True)
-    title = kill_learner(proc, out / "checkpoints" / "step_000002", "send_weights")
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    assert title.startswith("ray::LearnerActor.send_weights")
-    restarts = [line for line in err.replace("\r", "\n").splitlines() if "restart" in line]
-    assert len(restarts) == 1 and restarts[0].startswith("restarting run (1/3): learner 0 "
-                                                         "failed"), err[-3000:]
-    got = read_metrics(out)
-    assert [r["step"] for r in got] == [1, 2, 3]
-    assert got[-1]["faults/generator_restarts"] == 0 and got[-1]["faults/run_restarts"] == 1
-
-
-def test_no_restarts_left_is_one_line_naming_the_learner_and_checkpoint(workdir, tmp_path):
-    """trainer.max_restarts 0: the learner's death ends the run, with exit code 1 and one
-    error line that names the learner and the last checkpoint, which stays complete."""
-    out = tmp_path / "run"
-    proc = start_run(workdir, out, "--trainer.max_steps", "3", "--trainer.save_every", "1",
-                     "--trainer.max_restarts", "0")
     checkpoint = out / "checkpoints" / "step_000001"
-    kill_learner(proc, checkpoint, None)
+    kill_learner(proc, checkpoint, "train", freeze_generator=True)
+    title = kill_learner(proc, checkpoint, "send_weights")
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err[-3000:]
-    assert "Traceback" not in err and "restarting" not in err
+    assert title.startswith("ray::LearnerActor.send_weights")
+    assert "Traceback" not in err and "restarting" not in err and "recovered" not in err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error")]
     assert lines == [
         "error: learner 0 failed: the actor's process died (killed, out of memory, or its node "

@@ -5,13 +5,7 @@ learners did not send stops, in one line naming the step."""
 import subprocess
 import sys
 
-from test_train_e2e import (  # noqa: F401
-    ROOT,
-    answering_run,
-    error_lines,
-    read_metrics,
-    workdir,
-)
+from test_train_e2e import ROOT, error_lines, read_metrics
 
 # `python -m launch.train`, where update 2's weights do not stay in the generator: the sync
 # goes through, then vLLM reloads the base model from disk, as a weight dropped in sleep mode
@@ -36,7 +30,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def run(workdir, out, flags, script):  # noqa: F811
+def run(workdir, out, flags, script):
     return subprocess.run(
         [sys.executable, "-c", script, "--config", str(workdir / "cpu.yaml"),
          "--trainer.output_dir", str(out), "--cluster.num_generators", "1",
@@ -45,7 +39,7 @@ def run(workdir, out, flags, script):  # noqa: F811
          *flags], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
-def test_a_generator_left_with_old_weights_stops_the_run(workdir, answering_run):  # noqa: F811
+def test_a_generator_left_with_old_weights_stops_the_run(workdir, answering_run):
     out = workdir / "gauge-dropped"
     proc = run(workdir, out, [*answering_run, "--cluster.max_logprob_diff", "0.1"], DROPPED)
     assert proc.returncode == 1, proc.stderr[-3000:]

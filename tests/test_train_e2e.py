@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ASYNC, share_vllm_cache
 from private_ray import cluster_env, private_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,29 +19,6 @@ REQUIRED_KEYS = [
     "time/generate_s", "time/reward_s", "time/train_s", "time/weight_sync_s", "tokens_per_s",
     "response/truncated_fraction", "reward/timeouts", "learner/padding_fraction",
 ]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_model_path):
-    root = tmp_path_factory.mktemp("train")
-    rng = random.Random(0)
-    rows = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)}
-            for a, b in ((rng.randint(1, 50), rng.randint(1, 50)) for _ in range(40))]
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = {
-        "model": {"path": str(tiny_model_path), "dtype": "float32"},
-        "data": {"train_path": str(root / "train.jsonl"), "template": "qwen_math",
-                 "max_prompt_tokens": 256, "eval_paths": {"arith": str(root / "train.jsonl")}},
-        "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 24},
-        "learner": {"lr": 1e-4, "train_batch_size": 8, "micro_batch_size": 2,
-                    "gradient_checkpointing": False},
-        "cluster": {"num_generators": 2, "num_learners": 2, "num_reward_workers": 2,
-                    "device": "cpu"},
-        "eval": {"max_new_tokens": 8, "limit": 4},
-        "trainer": {"max_steps": 3, "eval_every": 2, "save_every": 2},
-    }
-    (root / "cpu.yaml").write_text(yaml.safe_dump(config))
-    return root
 
 
 def run_train(*args, cwd=ROOT, timeout=900):
@@ -81,11 +58,22 @@ def assert_loads_as_saved(model_dir: Path, dtype: str) -> None:
 
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
 def test_train_three_steps(workdir, strategy):
+    """Two generators, two learners, two graders. The DeepSpeed run is also colocated
+    (generator i on learner i's bundle): vLLM sizes its KV cache from the memory free while
+    it profiles, so colocated learners may load their weights only once every engine sharing
+    their GPUs is up."""
     out = workdir / f"run-{strategy}"
-    extra = ["--learner.zero_stage", "3"] if strategy == "deepspeed" else []
+    extra = (["--learner.zero_stage", "3", "--cluster.colocate", "true"]
+             if strategy == "deepspeed" else [])
     proc = run_train("--config", str(workdir / "cpu.yaml"), "--learner.strategy", strategy,
                      "--trainer.output_dir", str(out), *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if strategy == "deepspeed":
+        actors = json.loads((out / "summary.json").read_text())["actors"]
+        for i in range(2):
+            generator, learner = actors[f"generator {i}"], actors[f"learner {i}"]
+            assert max(actors[f"generator {j}"]["ready"] for j in range(2)) <= learner["started"]
+            assert generator["node"] == learner["node"]
 
     steps = [r for r in read_metrics(out) if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
@@ -123,27 +111,6 @@ def test_train_three_steps(workdir, strategy):
     assert json.loads((final / "trainer_state.json").read_text())["step"] == 3
 
 
-@pytest.fixture(scope="module")
-def answering_run(workdir, tied_model_path):
-    """Flags for a run that really trains: tied embeddings (as the demo's SmolLM2), training
-    and checkpoints in bfloat16 (as the paper's runs) but generation in float32, so a
-    checkpoint holds the weights less precisely than the generators use them, and a tiny
-    model taught to answer `\\boxed{2|3|4}` at random on sums that make 2, 3 or 4, so most
-    groups mix right and wrong answers. The workdir's model scores 0 on everything: its
-    advantages are all 0 and its weights never change."""
-    from demo.tiny import teach_boxed_answers
-
-    sums = [(1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (2, 2)]
-    data = workdir / "sums.jsonl"
-    data.write_text("".join(json.dumps({"problem": f"What is {a} + {b}?", "answer": str(a + b)})
-                            + "\n" for a, b in sums))
-    model = teach_boxed_answers(tied_model_path, workdir / "tiny-answering",
-                                [f"What is {a} + {b}?" for a, b in sums], ["2", "3", "4"])
-    return ["--model.path", str(model), "--model.dtype", "bfloat16",
-            "--model.generation_dtype", "float32", "--data.train_path", str(data),
-            "--learner.lr", "1e-3", "--trainer.save_every", "1"]
-
-
 def untimed(record: dict) -> dict:
     """A metrics record without its clock readings (`time/*`, `weight_sync/*_s`,
     `tokens_per_s`, `timeline`), which differ between any two runs."""
@@ -151,30 +118,30 @@ def untimed(record: dict) -> dict:
             if not (k.startswith("time/") or k.endswith("_s") or k == "timeline")}
 
 
-def test_resume_is_exact(workdir, answering_run):
-    """Stopped after its step-1 checkpoint and resumed with `--trainer.resume auto`, a run logs
-    exactly what an uninterrupted one does (CPU runs are deterministic), at both later steps:
-    step 2 samples from the weights the resumed learners restored (the checkpoint's model
-    holds them in bfloat16, the generators sample in float32), step 3 from weights they
-    trained and synced, which is where state lost in the restart shows (optimizer state, or
-    a generator keeping part of the model it started from:
-    actors.weight_transfer.refresh_tied_layers). Each step is logged once, and a `.tmp` folder
-    (a crash mid-save) is not resumed from."""
-    whole, parts = workdir / "resume-whole", workdir / "resume-parts"
-    for out, steps in ((whole, "3"), (parts, "1")):
-        proc = small_run(workdir, out, *answering_run, "--trainer.max_steps", steps,
-                         "--trainer.samples_every", "1")
-        assert proc.returncode == 0, proc.stderr[-3000:]
+def test_resume_is_exact(workdir, answering_run, reference_run):
+    """A run whose latest checkpoint is step 1's, though it logged steps 2 to 4 (as after a
+    crash: the fault-free reference run's folder with its later checkpoints gone), resumed
+    with `--trainer.resume auto`, logs exactly what the uninterrupted run does (CPU runs are
+    deterministic), once per step: step 2 samples from the weights the resumed learners
+    restored (the checkpoint's model holds them in bfloat16, the generators sample in
+    float32), later steps from weights they trained and synced, which is where state lost
+    in the restart shows (optimizer state, or a generator keeping part of the model it
+    started from: actors.weight_transfer.refresh_tied_layers). A `.tmp` folder (a crash
+    mid-save) is not resumed from."""
+    whole, parts = reference_run, workdir / "resume-parts"
+    shutil.copytree(whole, parts)
+    for later in ("step_000002", "step_000003", "step_000004"):
+        shutil.rmtree(parts / "checkpoints" / later)
     (parts / "checkpoints" / "step_000009.tmp").mkdir()
-    proc = small_run(workdir, parts, *answering_run, "--trainer.max_steps", "3",
+    proc = small_run(workdir, parts, *answering_run, "--trainer.max_steps", "4",
                      "--trainer.resume", "auto", "--trainer.samples_every", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     expected, resumed = read_metrics(whole), read_metrics(parts)
-    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert all(r["grad_norm"] > 0 for r in expected), expected  # every step trains
     assert [untimed(r) for r in resumed] == [untimed(r) for r in expected]
-    assert [s for s, _ in tensorboard_scalars(parts, "reward/mean")] == [1, 2, 3]
+    assert [s for s, _ in tensorboard_scalars(parts, "reward/mean")] == [1, 2, 3, 4]
     # samples.jsonl: every graded response once, its verdict the one the step's reward counts
     samples = [json.loads(line) for line in (whole / "samples.jsonl").read_text().splitlines()]
     for record in expected:
@@ -185,11 +152,11 @@ def test_resume_is_exact(workdir, answering_run):
         assert s["answer"] == str(int(a) + int(b))
     assert (parts / "samples.jsonl").read_text() == (whole / "samples.jsonl").read_text()
     summary = json.loads((parts / "summary.json").read_text())
-    assert summary["steps"] == 3
+    assert summary["steps"] == 4
     # The one engine samples while the learner waits: it gets every core, not Ray's one
     # thread for a fractional-CPU actor (actors.generator.share_cpu_threads).
     assert summary["actors"]["generator 0"]["engine_threads"] == [len(os.sched_getaffinity(0))]
-    assert_loads_as_saved(parts / "checkpoints" / "step_000003" / "model", "bfloat16")
+    assert_loads_as_saved(parts / "checkpoints" / "step_000004" / "model", "bfloat16")
     # rollout.max_staleness 0 (the default) is the synchronous loop: each rollout is sampled
     # after the previous step's weights reached the generators, by those very weights.
     assert all(r["staleness/max"] == 0 for r in expected)
@@ -197,21 +164,19 @@ def test_resume_is_exact(workdir, answering_run):
         assert after["timeline"]["generate"][0] >= before["timeline"]["weight_sync"][1]
 
 
-def test_asynchronous_run_is_bounded_overlaps_and_resumes_exactly(workdir, answering_run):
+def test_asynchronous_run_is_bounded_overlaps_and_resumes_exactly(workdir, answering_run,
+                                                                  async_reference_run):
     """rollout.max_staleness 1: the generators sample step s+1 while the learners train step
     s, so a trained response comes from weights at most one update old; importance weights
     correct for it. The rollout in flight at a checkpoint is kept with it, so a resumed run
     trains on the very responses the uninterrupted one did and logs the same metrics."""
-    flags = [*answering_run, "--rollout.max_staleness", "1", "--algorithm.tis_cap", "2",
-             "--trainer.max_steps", "3"]
-    whole, resumed_dir = workdir / "async-whole", workdir / "async-resumed"
-    proc = small_run(workdir, whole, *flags)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    whole, resumed_dir = async_reference_run, workdir / "async-resumed"
     # As after a crash: restart from the checkpoint the run wrote at step 1, while step 2's
     # rollout was being sampled by the weights before step 1's update.
     checkpoint = whole / "checkpoints" / "step_000001"
     assert (checkpoint / "rollouts.json").is_file()
-    proc = small_run(workdir, resumed_dir, *flags, "--trainer.resume", str(checkpoint))
+    proc = small_run(workdir, resumed_dir, *answering_run, *ASYNC, "--trainer.max_steps", "3",
+                     "--trainer.resume", str(checkpoint))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     expected, resumed = read_metrics(whole), read_metrics(resumed_dir)
@@ -279,16 +244,18 @@ def test_readme_ray_job_submit(demo_home, tmp_path):
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert "succeeded" in job.stdout + job.stderr
     out = checkout / "runs" / "job"  # "$PWD/runs/job", expanded before the job is sent
-    assert [r["step"] for r in read_metrics(out)] == [1, 2]
-    assert (out / "checkpoints" / "step_000002" / "trainer_state.json").is_file()
+    assert [r["step"] for r in read_metrics(out)] == [1]
+    assert (out / "checkpoints" / "step_000001" / "trainer_state.json").is_file()
 
 
 def test_two_nodes_learners_on_one_generators_on_the_other(workdir, tmp_path):
     """Two raylets on this machine, told apart by node labels: the learners must run on the
     one, the generators on the other, and the weight sync crosses between them (gloo over
-    the loopback). A relative output folder is made absolute on the driver."""
-    home = tmp_path / "home"
-    home.mkdir()
+    the loopback). A relative output folder is made absolute on the driver. The generator
+    is tensor parallel over 2 workers: inside a placement group vLLM would pick its Ray
+    executor, which does not exist on a CPU (and refuses a multi-GPU bundle on GPUs), so the
+    generator picks multiprocessing."""
+    home = share_vllm_cache(tmp_path / "home")
     nodes = [{"cpus": 1, "labels": "drgrpo-pool=train"}, {"cpus": 1, "labels": "drgrpo-pool=gen"}]
     with private_cluster(home, nodes) as (address, _):
         proc = subprocess.run(
@@ -296,6 +263,7 @@ def test_two_nodes_learners_on_one_generators_on_the_other(workdir, tmp_path):
              "--trainer.output_dir", "relative-out", "--trainer.max_steps", "2",
              "--trainer.eval_every", "0", "--cluster.num_generators", "1",
              "--cluster.num_learners", "2", "--cluster.num_reward_workers", "1",
+             "--cluster.generator_tp", "2",
              "--cluster.learner_labels", "{drgrpo-pool: train}",
              "--cluster.generator_labels", "{drgrpo-pool: gen}"],
             cwd=tmp_path, env={**cluster_env(home), "RAY_ADDRESS": address,
@@ -323,27 +291,6 @@ def small_run(workdir, out, *flags, timeout=900):
 def error_lines(proc) -> list[str]:
     return [line for line in proc.stderr.replace("\r", "\n").splitlines()
             if line.startswith("error")]
-
-
-def test_generator_tensor_parallel_2(workdir):
-    """Inside a placement group vLLM would pick its Ray executor, which does not exist on a
-    CPU (and refuses a multi-GPU bundle on GPUs): the generator picks multiprocessing."""
-    out = workdir / "run-tp2"
-    proc = small_run(workdir, out, "--cluster.generator_tp", "2", "--trainer.max_steps", "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [r["step"] for r in read_metrics(out)] == [1, 2]
-
-
-def test_colocated_generators_start_before_learners(workdir):
-    """vLLM sizes its KV cache from the memory free while it profiles, so colocated learners
-    may load their weights only once every engine sharing their GPUs is up."""
-    out = workdir / "run-colocated"
-    proc = small_run(workdir, out, "--cluster.colocate", "true", "--trainer.max_steps", "1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    actors = json.loads((out / "summary.json").read_text())["actors"]
-    generator, learner = actors["generator 0"], actors["learner 0"]
-    assert generator["ready"] <= learner["started"], actors
-    assert generator["node"] == learner["node"]
 
 
 def test_failed_engine_is_one_line_naming_its_cause(workdir, tmp_path):
