@@ -145,3 +145,34 @@ def async_reference_run(workdir, answering_run):
     """The same, asynchronous (rollout.max_staleness 1): 3 steps, a checkpoint every step."""
     return _fault_free(workdir, workdir / "async-reference", [
         *answering_run, *ASYNC, "--trainer.max_steps", "3"])
+
+
+@pytest.fixture(scope="session")
+def demo_job(demo_home, tmp_path_factory):
+    """docs/cluster.md's `ray job submit` block, word for word, from a copy of the checkout,
+    on a private Ray cluster: the demo's own settings for 2 steps, so the suite's fault-free
+    demo run (test_demo.py compares with it) is also the job rehearsal's (test_train_e2e.py).
+    Returns (the `ray job submit` process, the run's output folder)."""
+    import shutil
+
+    from private_ray import cluster_env, private_cluster
+    from test_train_e2e import ROOT, readme_block
+
+    checkout = tmp_path_factory.mktemp("job") / "checkout"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"))
+    commands = [c.split("#")[0].strip() for c in readme_block("### With `ray job submit`")]
+    assert [c.split()[:2] for c in commands] == [
+        ["source", ".venv/bin/activate"], ["ray", "get-auth-token"], ["ray", "start"],
+        ["RAY_AUTH_MODE=token", "ray"], ["ray", "stop"]], commands
+    token, start, submit = commands[1], commands[2], commands[3]
+    env = cluster_env(demo_home)  # the activated venv's PATH, and the demo's HOME
+    subprocess.run(["bash", "-c", token], env=env, check=True, timeout=120)
+    num_cpus = int(start.split("--num-cpus")[1].split()[0])
+    # `ray start`/`ray stop` become a private cluster, so the test neither joins nor stops
+    # anyone else's Ray.
+    with private_cluster(demo_home, [{"cpus": num_cpus}]) as (_, dashboard):
+        job = subprocess.run(["bash", "-c", submit], cwd=checkout,
+                             env={**env, "RAY_ADDRESS": dashboard},
+                             capture_output=True, text=True, timeout=1500)
+    return job, checkout / "runs" / "job"  # "$PWD/runs/job", expanded before it is sent

@@ -69,8 +69,11 @@ def private_cluster(home: Path, nodes: list[dict]):
         _wait_for_job_agent(f"http://127.0.0.1:{dashboard}", env)
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     finally:
-        for proc in reversed(procs):  # SIGINT: `ray start --block` then stops its processes
-            os.killpg(proc.pid, signal.SIGINT)
+        # SIGTERM to every process of each node, as `ray stop` does. Not SIGINT: a process
+        # started in the background by a shell without job control (a CI runner, `cmd &`)
+        # inherits SIGINT ignored, and then every node waited out the 60 s below.
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGTERM)
         for proc in reversed(procs):
             try:
                 proc.wait(timeout=60)

@@ -56,25 +56,28 @@ def assert_loads_as_saved(model_dir: Path, dtype: str) -> None:
     assert AutoModelForCausalLM.from_pretrained(model_dir).dtype == getattr(torch, dtype)
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
-def test_train_three_steps(workdir, strategy):
-    """Two generators, two learners, two graders. The DeepSpeed run is also colocated
-    (generator i on learner i's bundle): vLLM sizes its KV cache from the memory free while
-    it profiles, so colocated learners may load their weights only once every engine sharing
-    their GPUs is up."""
-    out = workdir / f"run-{strategy}"
-    extra = (["--learner.zero_stage", "3", "--cluster.colocate", "true"]
-             if strategy == "deepspeed" else [])
-    proc = run_train("--config", str(workdir / "cpu.yaml"), "--learner.strategy", strategy,
-                     "--trainer.output_dir", str(out), *extra)
+def test_train_three_steps_colocated_with_deepspeed(workdir):
+    """Two generators, two DeepSpeed ZeRO-3 learners, two graders, colocated (generator i on
+    learner i's bundle): vLLM sizes its KV cache from the memory free while it profiles, so
+    colocated learners may load their weights only once every engine sharing their GPUs is
+    up. (FSDP learners run the same checks in the two-node test.)"""
+    out = workdir / "run-deepspeed"
+    proc = run_train("--config", str(workdir / "cpu.yaml"), "--learner.strategy", "deepspeed",
+                     "--trainer.output_dir", str(out), "--learner.zero_stage", "3",
+                     "--cluster.colocate", "true")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    if strategy == "deepspeed":
-        actors = json.loads((out / "summary.json").read_text())["actors"]
-        for i in range(2):
-            generator, learner = actors[f"generator {i}"], actors[f"learner {i}"]
-            assert max(actors[f"generator {j}"]["ready"] for j in range(2)) <= learner["started"]
-            assert generator["node"] == learner["node"]
+    actors = json.loads((out / "summary.json").read_text())["actors"]
+    for i in range(2):
+        generator, learner = actors[f"generator {i}"], actors[f"learner {i}"]
+        assert max(actors[f"generator {j}"]["ready"] for j in range(2)) <= learner["started"]
+        assert generator["node"] == learner["node"]
+    assert_a_complete_run(out)
 
+
+def assert_a_complete_run(out: Path) -> None:
+    """What the workdir's config (3 steps, evaluations and checkpoints every 2) must leave:
+    every metric, timeline, TensorBoard scalars, evaluations, and complete checkpoints in
+    Hugging Face format that transformers loads."""
     steps = [r for r in read_metrics(out) if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     for record in steps:
@@ -221,49 +224,34 @@ def readme_block(heading: str) -> list[str]:
     return block.replace("\\\n", " ").splitlines()
 
 
-def test_readme_ray_job_submit(demo_home, tmp_path):
-    """The README's `ray job submit` block, word for word, from a copy of the checkout: the
-    job runs in Ray's copy of the working directory, which lacks git-ignored files, so the
-    demo's model must come from outside it. `ray start`/`ray stop` become a private cluster
-    (see private_ray), so the test neither joins nor stops anyone else's Ray."""
-    checkout = tmp_path / "checkout"
-    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"))
-    commands = [c.split("#")[0].strip() for c in readme_block("### With `ray job submit`")]
-    assert [c.split()[:2] for c in commands] == [
-        ["source", ".venv/bin/activate"], ["ray", "get-auth-token"], ["ray", "start"],
-        ["RAY_AUTH_MODE=token", "ray"], ["ray", "stop"]], commands
-    token, start, submit = commands[1], commands[2], commands[3]
-    env = cluster_env(demo_home)  # the activated venv's PATH, and this test's own HOME
-    subprocess.run(["bash", "-c", token], env=env, check=True, timeout=120)
-    num_cpus = int(start.split("--num-cpus")[1].split()[0])
-    with private_cluster(demo_home, [{"cpus": num_cpus}]) as (_, dashboard):
-        job = subprocess.run(["bash", "-c", submit], cwd=checkout,
-                             env={**env, "RAY_ADDRESS": dashboard},
-                             capture_output=True, text=True, timeout=900)
+def test_readme_ray_job_submit(demo_job):
+    """docs/cluster.md's `ray job submit` block, word for word (conftest.demo_job): the job
+    runs in Ray's copy of the working directory, which lacks git-ignored files, so the
+    demo's model must come from outside it; its output folder is the absolute path the
+    shell expanded before the job was sent."""
+    job, out = demo_job
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert "succeeded" in job.stdout + job.stderr
-    out = checkout / "runs" / "job"  # "$PWD/runs/job", expanded before the job is sent
-    assert [r["step"] for r in read_metrics(out)] == [1]
-    assert (out / "checkpoints" / "step_000001" / "trainer_state.json").is_file()
+    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2]  # step 0: the evaluation
+    assert (out / "checkpoints" / "step_000002" / "trainer_state.json").is_file()
 
 
 def test_two_nodes_learners_on_one_generators_on_the_other(workdir, tmp_path):
-    """Two raylets on this machine, told apart by node labels: the learners must run on the
-    one, the generators on the other, and the weight sync crosses between them (gloo over
-    the loopback). A relative output folder is made absolute on the driver. The generator
-    is tensor parallel over 2 workers: inside a placement group vLLM would pick its Ray
-    executor, which does not exist on a CPU (and refuses a multi-GPU bundle on GPUs), so the
-    generator picks multiprocessing."""
+    """Two raylets on this machine, told apart by node labels: the learners (FSDP) must run on
+    the one, the generators on the other, and the weight sync crosses between them (gloo
+    over the loopback). A relative output folder is made absolute on the driver. The
+    generator is tensor parallel over 2 workers: inside a placement group vLLM would pick
+    its Ray executor, which does not exist on a CPU (and refuses a multi-GPU bundle on
+    GPUs), so the generator picks multiprocessing. The run leaves all a complete run
+    does (assert_a_complete_run)."""
     home = share_vllm_cache(tmp_path / "home")
     nodes = [{"cpus": 1, "labels": "drgrpo-pool=train"}, {"cpus": 1, "labels": "drgrpo-pool=gen"}]
     with private_cluster(home, nodes) as (address, _):
         proc = subprocess.run(
             [sys.executable, "-m", "launch.train", "--config", str(workdir / "cpu.yaml"),
-             "--trainer.output_dir", "relative-out", "--trainer.max_steps", "2",
-             "--trainer.eval_every", "0", "--cluster.num_generators", "1",
-             "--cluster.num_learners", "2", "--cluster.num_reward_workers", "1",
-             "--cluster.generator_tp", "2",
+             "--trainer.output_dir", "relative-out", "--learner.strategy", "fsdp",
+             "--cluster.num_generators", "1", "--cluster.num_learners", "2",
+             "--cluster.num_reward_workers", "1", "--cluster.generator_tp", "2",
              "--cluster.learner_labels", "{drgrpo-pool: train}",
              "--cluster.generator_labels", "{drgrpo-pool: gen}"],
             cwd=tmp_path, env={**cluster_env(home), "RAY_ADDRESS": address,
@@ -271,13 +259,13 @@ def test_two_nodes_learners_on_one_generators_on_the_other(workdir, tmp_path):
             capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "relative-out"
-    assert [r["step"] for r in read_metrics(out) if "reward/mean" in r] == [1, 2]
     actors = json.loads((out / "summary.json").read_text())["actors"]
     learner_nodes = {actors[f"learner {r}"]["node"] for r in range(2)}
     assert len(learner_nodes) == 1 and actors["generator 0"]["node"] not in learner_nodes
     saved = yaml.safe_load((out / "config.yaml").read_text())["trainer"]["output_dir"]
     assert saved == str(out)
     assert (out / "checkpoints" / "step_000002" / "optimizer").is_dir()
+    assert_a_complete_run(out)
 
 
 def small_run(workdir, out, *flags, timeout=900):
