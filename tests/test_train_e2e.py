@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ASYNC, share_vllm_cache
+from conftest import share_vllm_cache
 from private_ray import cluster_env, private_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,33 +165,6 @@ def test_resume_is_exact(workdir, answering_run, reference_run):
     assert all(r["staleness/max"] == 0 for r in expected)
     for before, after in zip(expected, expected[1:]):
         assert after["timeline"]["generate"][0] >= before["timeline"]["weight_sync"][1]
-
-
-def test_asynchronous_run_is_bounded_overlaps_and_resumes_exactly(workdir, answering_run,
-                                                                  async_reference_run):
-    """rollout.max_staleness 1: the generators sample step s+1 while the learners train step
-    s, so a trained response comes from weights at most one update old; importance weights
-    correct for it. The rollout in flight at a checkpoint is kept with it, so a resumed run
-    trains on the very responses the uninterrupted one did and logs the same metrics."""
-    whole, resumed_dir = async_reference_run, workdir / "async-resumed"
-    # As after a crash: restart from the checkpoint the run wrote at step 1, while step 2's
-    # rollout was being sampled by the weights before step 1's update.
-    checkpoint = whole / "checkpoints" / "step_000001"
-    assert (checkpoint / "rollouts.json").is_file()
-    proc = small_run(workdir, resumed_dir, *answering_run, *ASYNC, "--trainer.max_steps", "3",
-                     "--trainer.resume", str(checkpoint))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    expected, resumed = read_metrics(whole), read_metrics(resumed_dir)
-    assert [r["staleness/max"] for r in expected] == [0, 1, 1]
-    # Generator and learner compute at the same time: the engine takes half the cores.
-    threads = json.loads((whole / "summary.json").read_text())["actors"]["generator 0"]
-    assert threads["engine_threads"] == [max(1, len(os.sched_getaffinity(0)) // 2)]
-    assert all(r["grad_norm"] > 0 and 0 < r["tis/mean_weight"] <= 2 for r in expected)
-    assert [r["step"] for r in resumed] == [2, 3]
-    assert [untimed(r) for r in resumed] == [untimed(r) for r in expected[1:]]
-    for before, after in zip(expected, expected[1:]):  # step s+1 sampled while s trains
-        assert after["timeline"]["generate"][0] < before["timeline"]["train"][1]
 
 
 @pytest.mark.parametrize("case,flags,expected,lines", [
