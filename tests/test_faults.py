@@ -6,8 +6,9 @@ deterministic, so a lost rollout re-run with its own seeds comes out the same).
 The runs are the e2e tests' cheapest (one generator, one learner, one grader) on the tiny
 model taught to answer, so the weights change every step and a restarted generator that
 missed them would sample differently. Each run starts vLLM and Ray afresh (~40 s on 2 cores),
-so one synchronous run takes every fault in turn, a step apart, and is compared with the
-session's fault-free reference run (conftest.py).
+so one synchronous run takes every fault in turn, a step apart, and one asynchronous run a
+learner's then an engine's death; each is compared with the session's fault-free reference
+run of its mode (conftest.py).
 """
 
 import json
