@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from drgrpo.grader import DEFAULT_TIMEOUT_S
+from drgrpo.precision import AUTO, native_dtype
 
 # cluster.max_logprob_diff's default: about ten times the largest logprob/abs_diff_mean of a
 # healthy bfloat16 demo run (0.0085 to 0.0226 over 8 steps, 2026-12-06; the largest single
@@ -50,7 +51,7 @@ _Path = Annotated[str, Field(min_length=1), AfterValidator(os.path.expanduser)]
 class ModelConfig(BaseModel):
     model_config = _STRICT
     path: _Path = Field(description="Base model: a local Hugging Face folder or a hub name such as Qwen/Qwen2.5-Math-7B.")
-    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="The learners' compute dtype (their master weights and optimizer stay float32) and the dtype of saved checkpoints.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="The learners' compute dtype (their master weights and optimizer stay float32) and the dtype of saved checkpoints. auto = bfloat16, except on a CPU run (cluster.device cpu) whose CPU has no bfloat16 arithmetic (no AVX-512, AMX or ARM BF16), where it is ~50x slower than float32: float32 there. Resolved when the config is read, on that machine (drgrpo/precision.py); the run's config.yaml holds the result.")
     generation_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(None, description="vLLM's dtype for rollouts and evaluation, and the dtype weights travel in to the generators; null = model.dtype.")
 
     @property
@@ -257,6 +258,12 @@ class Config(BaseModel):
         if isinstance(data, dict):
             return {k: {} if v is None and k in cls.model_fields else v for k, v in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _auto_dtype(self) -> Config:
+        if self.model.dtype == AUTO:
+            self.model.dtype = native_dtype(self.cluster.device)
+        return self
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:

@@ -159,7 +159,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="vLLM engines (one GPU each on cuda)")
     p.add_argument("--num-reward-workers", type=_positive_int, default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                   help="vLLM's dtype; auto = bfloat16, or float32 on a CPU without bfloat16 "
+                        "arithmetic (drgrpo/precision.py)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--generate-timeout-s", type=_positive_float, default=1800.0,
                    help="a generator that has not answered a call this long is restarted "
@@ -265,6 +267,7 @@ def run(job: Job) -> tuple[dict, list[dict]]:
     import ray
 
     from drgrpo.config import ClusterConfig
+    from drgrpo.precision import AUTO, native_dtype
     from launch.inference import InferenceCluster
 
     kwargs = {"log_to_driver": os.environ.get("DRGRPO_RAY_LOGS", "0") == "1"}
@@ -275,6 +278,8 @@ def run(job: Job) -> tuple[dict, list[dict]]:
         device = ClusterConfig(device=job.settings["device"]).resolve_device(
             ray.cluster_resources())
         job.settings["device"] = device
+        if job.settings["dtype"] == AUTO:
+            job.settings["dtype"] = native_dtype(device)
         cluster = InferenceCluster(
             job.model, dtype=job.settings["dtype"], device=device,
             num_generators=job.settings["num_generators"],

@@ -21,6 +21,24 @@ def write(tmp_path, text, name="run.yaml"):
     return path
 
 
+def test_auto_dtype_is_float32_only_on_a_cpu_without_bfloat16_arithmetic(monkeypatch):
+    """`model.dtype: auto` (the CPU configs') is resolved when the config is read, from this
+    machine's CPU on a cpu run only; the resolved config (config.yaml) holds the result."""
+    import drgrpo.precision
+
+    for native, device, expected in ((False, "cpu", "float32"), (True, "cpu", "bfloat16"),
+                                     (False, "cuda", "bfloat16"), (False, "auto", "bfloat16")):
+        monkeypatch.setattr(drgrpo.precision, "cpu_computes_bfloat16", lambda n=native: n)
+        cfg = Config(model={"path": "m", "dtype": "auto"}, data={"train_path": "t.jsonl"},
+                     cluster={"device": device})
+        assert (cfg.model.dtype, cfg.model.rollout_dtype) == (expected, expected), device
+        assert cfg.to_dict()["model"]["dtype"] == expected
+        assert Config(**cfg.to_dict()).model.dtype == expected
+    cfg = Config(model={"path": "m", "dtype": "auto", "generation_dtype": "float32"},
+                 data={"train_path": "t.jsonl"}, cluster={"device": "cuda"})
+    assert (cfg.model.dtype, cfg.model.rollout_dtype) == ("bfloat16", "float32")
+
+
 def problems(path, overrides=()):
     with pytest.raises(ConfigError) as info:
         load_config(path, overrides)
@@ -121,7 +139,7 @@ learnr: {}
     found = problems(path, ["--eval.limit", "abc", "--learner.train_batch_size", "100"])
     text = "\n".join(found)
     for expected in (
-        "model.dtype: Input should be 'bfloat16', 'float16' or 'float32' (got 'bf16')",
+        "model.dtype: Input should be 'auto', 'bfloat16', 'float16' or 'float32' (got 'bf16')",
         "rollout.top_p: Input should be greater than 0",
         "learner.lr: Input should be greater than 0 (got -1)",
         "learner.lrr: unknown field (did you mean 'lr'?)",

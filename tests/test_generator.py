@@ -44,18 +44,20 @@ def test_seeded_prompt_over_the_token_budget_samples_as_it_does_alone(tmp_path):
     assert together == alone
 
 
-# The demo's model in bfloat16, a rollout twice the demo's (8 prompts x 8 samples), sampled
-# again and again with the same seeds; the prefix cache is reset in between, as after a sync.
+# The demo's model in its dtype (bfloat16, float32 on a CPU without bfloat16 arithmetic), a
+# rollout twice the demo's (8 prompts x 8 samples), sampled again and again with the same
+# seeds; the prefix cache is reset in between, as after a sync.
 REPEAT = """
 import json, os, sys
 from actors.generator import GeneratorActor, Sampling
+from drgrpo.precision import native_dtype
 from drgrpo.seeds import request_seeds
 from drgrpo.templates import apply_template
 
 home = os.path.expanduser("~/.cache/drgrpo/demo")
 rows = [json.loads(line) for line in open(f"{home}/arith/train.jsonl")][:8]
 prompts = [apply_template("qwen_math", r["problem"]) for r in rows]
-gen = GeneratorActor(f"{home}/smollm2-135m-instruct", "bfloat16", max_model_len=512,
+gen = GeneratorActor(f"{home}/smollm2-135m-instruct", native_dtype("cpu"), max_model_len=512,
                      device="cpu")
 sampling = Sampling(temperature=0.5, top_p=1.0, max_new_tokens=8, seed=7, logprobs=True)
 rounds = []
