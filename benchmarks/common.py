@@ -73,6 +73,15 @@ def demo_config(overrides: list[str] | tuple[str, ...] = ()):
     return cfg
 
 
+def cpu_dtypes() -> tuple[str, ...]:
+    """The precisions worth measuring on this CPU, the demo's first: bfloat16 and float32 on
+    one with bfloat16 arithmetic, float32 alone on one without (there bfloat16 is emulated,
+    ~1/50 of float32's speed, and a part would run for hours: drgrpo/precision.py)."""
+    from drgrpo.precision import native_dtype
+
+    return ("bfloat16", "float32") if native_dtype("cpu") == "bfloat16" else ("float32",)
+
+
 def median(values: list[float]) -> float:
     import statistics
 

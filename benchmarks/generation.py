@@ -15,8 +15,8 @@ each, at most 64 new tokens, temperature 0.5, SmolLM2-135M-Instruct. Three ways 
 Each variant runs in a process of its own (one model in memory at a time): a warm-up rollout,
 then the timed ones, with the load average taken before each. Responses end at EOS as in
 training; tokens/s counts the tokens really generated (up to and including EOS), and the mean
-response length shows whether the three did comparable work. float32 (as the demo runs) and
-bfloat16 both run.
+response length shows whether the three did comparable work. float32 and bfloat16 (the demo's
+setting) both run, float32 alone on a CPU without bfloat16 arithmetic (common.cpu_dtypes).
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from __future__ import annotations
 import sys
 import time
 
-from benchmarks.common import load_avg, median, part_main, run_child, target
+from benchmarks.common import cpu_dtypes, load_avg, median, part_main, run_child, target
 
-DTYPES = ("float32", "bfloat16")
 VARIANTS = ("actor", "vllm", "vllm_1thread", "hf")
 # Ray sets OMP_NUM_THREADS=1 in an actor with a fractional CPU (the generator has 0.25), and
 # vLLM's engine processes would inherit it; the actor gives its engine its share of the cores
@@ -160,7 +159,7 @@ def run(quick: bool) -> dict:
     rounds = 2 if quick else 10
     # --quick: the target's two sides in the demo's dtype only; each variant's process start
     # (Ray, vLLM's engine) costs more than its rounds.
-    dtypes, variants = (("float32",), ("actor", "vllm")) if quick else (DTYPES, VARIANTS)
+    dtypes, variants = (("float32",), ("actor", "vllm")) if quick else (cpu_dtypes(), VARIANTS)
     # A fresh process per variant and dtype: one model in memory at a time, and nothing (Ray,
     # threads, allocator state) carried from one measurement into the next.
     results = {dtype: {v: run_child("benchmarks.generation",

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.common import load_span, median, part_main, target
+from benchmarks.common import cpu_dtypes, load_span, median, part_main, target
 from benchmarks.project_runs import project_run
 
 TARGET = 0.65  # issue 11: asynchronous step <= 0.65 x synchronous step
 PINNED = ("--cluster.generator_cores", "[0]", "--cluster.learner_cores", "[1]")
-# The learner computes in bfloat16 (float32 master weights; this CPU has AVX-512 BF16) and vLLM samples
-# in float32: on one core each, a float32 learner takes ~3x the generator's time on the same
-# rollout (measured: 15 s vs 5 s for 16 responses), the bf16 one ~1.5x (7 s vs 5 s).
-PRECISION = ("--model.dtype", "bfloat16", "--model.generation_dtype", "float32")
+# The learner computes in bfloat16 where the CPU has bfloat16 arithmetic (float32 master
+# weights; AVX-512 BF16 here), in float32 where it does not; vLLM samples in float32: on one core
+# each, a float32 learner takes ~3x the generator's time on the same rollout (measured: 15 s vs
+# 5 s for 16 responses), the bf16 one ~1.5x (7 s vs 5 s).
+GENERATION = ("--model.generation_dtype", "float32")
 # (prompts per step, max new tokens, steps): 16 responses, one optimizer step per rollout.
 SETTINGS = {"quick": (2, 64, 4), "full": (2, 64, 10)}
 
@@ -47,7 +48,8 @@ def summary(steps: list[dict]) -> dict:
 
 def run(quick: bool) -> dict:
     prompts, tokens, steps = SETTINGS["quick" if quick else "full"]
-    common = (*PRECISION, *PINNED, "--rollout.max_new_tokens", str(tokens),
+    learner = cpu_dtypes()[0]
+    common = ("--model.dtype", learner, *GENERATION, *PINNED, "--rollout.max_new_tokens", str(tokens),
               "--learner.train_batch_size", str(prompts * 8))
     results = {}
     for mode, staleness in (("sync", 0), ("async", 1)):
@@ -62,7 +64,7 @@ def run(quick: bool) -> dict:
         "ratios": {"async_vs_sync_step": ratio},
         "targets": {"async_vs_sync_step": target(ratio, "<=", TARGET)},
         "notes": [
-            f"demo model, learner in bfloat16 (float32 master weights), vLLM in float32, "
+            f"demo model, learner in {learner} (float32 master weights), vLLM in float32, "
             f"{prompts} prompts x 8 samples x at most {tokens} new "
             f"tokens per step, one optimizer step per rollout, {steps} steps per run, the "
             f"middle {steps - 2} timed; generator pinned to core 0, learner to core 1",

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.common import load_span, median, part_main, target
+from benchmarks.common import cpu_dtypes, load_span, median, part_main, target
 from benchmarks.project_runs import project_run
 from benchmarks.trl_grpo import trl_run
 
 TARGET = 0.5  # issue 10: the project's step <= 0.5 x TRL's
 PROMPTS = 4  # the demo's prompts_per_step
 SAMPLES = 8  # its samples_per_prompt
-# Each side in the same precision: float32 throughout, and each side's best on this CPU
-# (AVX-512 BF16): the project computes and samples in bfloat16 over float32 master weights, as
-# the demo does; TRL trains (and generates) under bf16 autocast over float32 weights.
+# Each side in the same precision: float32 throughout, and, on a CPU with bfloat16 arithmetic
+# (AVX-512 BF16 here), each side's best: the project computes and samples in bfloat16 over
+# float32 master weights, as the demo does; TRL trains (and generates) under bf16 autocast over
+# float32 weights.
 PRECISIONS = {
     "bfloat16": {"project": ("--model.dtype", "bfloat16", "--model.generation_dtype", "bfloat16"),
                  "trl": {"bf16": True, "model_dtype": "float32"}},
@@ -36,8 +37,10 @@ PRECISIONS = {
 
 
 def precisions(quick: bool) -> dict:
-    """--quick: the best setting only (bfloat16, the demo's)."""
-    return {"bfloat16": PRECISIONS["bfloat16"]} if quick else PRECISIONS
+    """The settings this CPU computes (common.cpu_dtypes); --quick: the demo's only (bfloat16,
+    or float32 on a CPU without bfloat16 arithmetic)."""
+    names = cpu_dtypes()[:1] if quick else cpu_dtypes()
+    return {name: PRECISIONS[name] for name in names}
 
 
 def summary(steps: list[dict], phases: tuple[str, ...], responses: int) -> dict:

@@ -89,7 +89,7 @@ def summary(steps: list[dict]) -> dict:
 
 
 def run(quick: bool) -> dict:
-    precision, sides = next(iter(precisions(quick).items()))  # bfloat16: the demo's setting
+    precision, sides = next(iter(precisions(quick).items()))  # the demo's setting
     mine = project_run(PROMPTS, project_steps(quick), sides["project"])
     figures = summary(mine["steps"])
     figures["load_avg_before_after"] = load_span(mine)
