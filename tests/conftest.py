@@ -104,7 +104,9 @@ def answering_run(workdir, tied_model_path):
     checkpoint holds the weights less precisely than the generators use them, and a tiny
     model taught to answer `\\boxed{2|3|4}` at random on sums that make 2, 3 or 4, so most
     groups mix right and wrong answers. The workdir's model scores 0 on everything: its
-    advantages are all 0 and its weights never change."""
+    advantages are all 0 and its weights never change. lr 3e-4: at 1e-3 the model lost its
+    answer format within 3 steps on an AVX2 CPU (every group alike from then on: no update,
+    nothing to grade), while at 3e-4 its reward rose over 5 steps there (0.125 to 0.375)."""
     import json
 
     from demo.tiny import teach_boxed_answers
@@ -117,7 +119,7 @@ def answering_run(workdir, tied_model_path):
                                 [f"What is {a} + {b}?" for a, b in sums], ["2", "3", "4"])
     return ["--model.path", str(model), "--model.dtype", "bfloat16",
             "--model.generation_dtype", "float32", "--data.train_path", str(data),
-            "--learner.lr", "1e-3", "--trainer.save_every", "1"]
+            "--learner.lr", "3e-4", "--trainer.save_every", "1"]
 
 
 ASYNC = ["--rollout.max_staleness", "1", "--algorithm.tis_cap", "2"]

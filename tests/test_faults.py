@@ -114,12 +114,15 @@ def logged(out, steps: int, run: psutil.Process) -> None:
 
 def test_each_fault_in_turn_recovers_to_the_fault_free_metrics(workdir, answering_run,
                                                                fault_free):
-    """One run, four faults, each while a rollout is being sampled, a step apart:
-    - step 2: the engine-core process killed. Killed mid-generation, vLLM's engine core left
-      the generator waiting forever (and the run with it); now the generator says so at once
-      and is replaced on its bundle.
-    - step 3: the generator's Ray actor process killed, not its engine, and the reward worker
-      with it. No process of the old generator may outlive the recovery (vLLM #55510: an
+    """One run, four faults, each while a rollout is being sampled:
+    - step 2: the reward worker killed, then the engine-core process. Killed mid-generation,
+      vLLM's engine core left the generator waiting forever (and the run with it); now the
+      generator says so at once and is replaced on its bundle. The dead reward worker is
+      found, and replaced, when step 2's answers are graded (a step whose answers are all
+      unformatted or cut off needs no grading: the tiny model reaches that by step 3 on an
+      AVX2 CPU, so step 2 it is).
+    - step 3: the generator's Ray actor process killed, not its engine. No process of the
+      old generator may outlive the recovery (vLLM #55510: an
       engine-core process that does not notice its parent's death keeps, on a GPU, the
       memory its replacement needs, so `restart_generator` ends the lost actor's process
       tree. On this CPU vLLM 0.32's engine exits by itself within 0.4 s of its actor, so
@@ -131,13 +134,17 @@ def test_each_fault_in_turn_recovers_to_the_fault_free_metrics(workdir, answerin
     out = workdir / "faults-sync"
     engines, alive = [], []
 
+    step2 = fault_free[1]
+    assert step2["response/formatted_fraction"] > 0 and step2["response/truncated_fraction"] < 1, (
+        "the fault-free run graded no answer at step 2: a dead reward worker goes unnoticed")
+
     def faults(run):
+        wait_for(run, "ray::RewardWorkerActor").send_signal(signal.SIGKILL)  # for step 2
         generating_engine(run).send_signal(signal.SIGKILL)  # step 2's rollout
         logged(out, 2, run)
         actor = wait_for(run, "ray::GeneratorActor.generate")  # step 3's
         engines.extend(actor.children(recursive=True))
         actor.send_signal(signal.SIGKILL)
-        wait_for(run, "ray::RewardWorkerActor").send_signal(signal.SIGKILL)
         logged(out, 3, run)  # the generator was replaced: its engine must be gone
         alive.extend(p.pid for p in engines
                      if p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
@@ -163,7 +170,7 @@ def test_each_fault_in_turn_recovers_to_the_fault_free_metrics(workdir, answerin
     assert any(line.startswith("recovered: reward worker 0 failed (the actor's process died")
                for line in lines), lines
     events = json.loads((out / "summary.json").read_text())["faults"]
-    assert [e["step"] for e in events] == [2, 3, 3, 4], events
+    assert [e["step"] for e in events] == [2, 2, 3, 4], events
     assert all(e["recovery_s"] > 0 for e in events)
     assert engines, "the generator actor had no engine process to leave behind"
     assert not alive, f"the killed generator's engine processes {alive} outlived it"

@@ -41,7 +41,10 @@ def run(workdir, out, flags, script):
 
 def test_a_generator_left_with_old_weights_stops_the_run(workdir, answering_run):
     out = workdir / "gauge-dropped"
-    proc = run(workdir, out, [*answering_run, "--cluster.max_logprob_diff", "0.1"], DROPPED)
+    # lr 1e-3, not the answering run's 3e-4: two updates must move the weights far from the
+    # base model's that the generator is left with.
+    proc = run(workdir, out, [*answering_run, "--learner.lr", "1e-3",
+                              "--cluster.max_logprob_diff", "0.1"], DROPPED)
     assert proc.returncode == 1, proc.stderr[-3000:]
     (line,) = error_lines(proc)
     assert line.startswith("error: step 3: vLLM's log-probs"), line
