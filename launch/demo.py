@@ -34,7 +34,7 @@ def prepare_assets(cfg) -> None:
         write_task(train.parent, seed=cfg.trainer.seed)
 
 
-def print_table(summary: dict, run_dir: Path, plot: Path) -> None:
+def print_table(summary: dict, run_dir: Path, plot: Path, precision: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -47,10 +47,24 @@ def print_table(summary: dict, run_dir: Path, plot: Path) -> None:
     if init is not None and final is not None:
         table.add_row("gain", f"{final - init:+.3f}")
     table.add_row("policy steps", str(summary["steps"]))
+    table.add_row("precision", precision)
     table.add_row("wall time", f"{summary['wall_time_s'] / 60:.1f} min")
     console = Console()
     console.print(table)
     console.print(f"metrics: {run_dir / 'metrics.jsonl'}\nplot:    {plot}")
+
+
+def precision(cfg) -> str:
+    """The dtype the demo ran in; float32 on a CPU without bfloat16 arithmetic says why (the
+    config's `auto`: drgrpo/precision.py)."""
+    from drgrpo.precision import cpu_computes_bfloat16
+
+    dtype = cfg.model.dtype
+    if cfg.model.rollout_dtype != dtype:
+        dtype += f", vLLM {cfg.model.rollout_dtype}"
+    if cfg.model.dtype == "float32" and not cpu_computes_bfloat16():
+        dtype += " (no bfloat16 arithmetic on this CPU)"
+    return dtype
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_dir = Path(cfg.trainer.output_dir)
-    print_table(summary, run_dir, plot_run(run_dir, title="make demo: SmolLM2-135M, Dr. GRPO"))
+    print_table(summary, run_dir, plot_run(run_dir, title="make demo: SmolLM2-135M, Dr. GRPO"),
+                precision(cfg))
     return 0
 
 
