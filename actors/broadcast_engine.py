@@ -21,6 +21,11 @@ for what theirs do not serve:
 The group (actors/sync_group.py) holds the sender (rank 0) and every vLLM worker of every
 generator (ranks 1..).
 
+Shared memory: where learner 0 and every generator share a machine (a CPU run on one node:
+launch/cluster.py asks for it), the buckets are one file in /dev/shm (actors/shared_memory.py)
+that the sender packs and every worker loads from, and no group is built: nothing crosses a
+socket and no worker holds a copy. The versioned calls and the layerwise load are the same.
+
 Buckets: parameters are cast to the generators' dtype and packed, in model order, into flat
 buffers of about `bucket_bytes`, so an update is a few large broadcasts, never one copy of the
 whole model and never thousands of tiny messages. Each side keeps one bucket in flight while
@@ -52,6 +57,7 @@ from vllm.distributed.weight_transfer.factory import (
     WeightTransferTrainerFactory,
 )
 
+from actors import shared_memory
 from actors.sync_group import close_group, open_group, start_broadcast, wait
 from actors.weight_sync import BROADCAST
 
@@ -108,13 +114,20 @@ class BroadcastUpdateInfo(WeightTransferUpdateInfo):
 
 
 class Buckets:
-    """A flat buffer for each bucket of a plan, on `device`. In host memory they are kept from
-    one update to the next: freed, buffers this large go back to the OS and are faulted in
-    again, page by page, inside the next update's broadcasts. GPU memory is not kept (torch's
-    allocator caches the blocks itself, and a whole model's copy would stay on the GPU)."""
+    """A flat buffer for each bucket of a plan, on `device`, or slices of a shared-memory
+    `region` (one after the other). In host memory they are kept from one update to the next:
+    freed, buffers this large go back to the OS and are faulted in again, page by page,
+    inside the next update's broadcasts. GPU memory is not kept (torch's allocator caches the
+    blocks itself, and a whole model's copy would stay on the GPU)."""
 
-    def __init__(self, plan: BroadcastUpdateInfo, device: torch.device):
+    def __init__(self, plan: BroadcastUpdateInfo, device: torch.device,
+                 region: shared_memory.Region | None = None):
         self.plan, self.device, self.kept = plan, device, {}
+        if region is not None:
+            flat, offset = region.flat[:plan.total_bytes].view(plan.torch_dtype), 0
+            for k, bucket in enumerate(plan.buckets):
+                n = plan.bucket_numel(bucket)
+                self.kept[k], offset = flat[offset:offset + n], offset + n
 
     def __getitem__(self, k: int) -> torch.Tensor:
         if k in self.kept:
@@ -143,6 +156,7 @@ class BroadcastInitInfo(WeightTransferInitInfo):
     world_size: int
     group_backend: str  # "gloo" or "nccl"
     timeout_s: float
+    shared_path: str | None = None  # the sender's shared-memory file: no group then
 
 
 class BroadcastEngine(WeightTransferEngine[BroadcastInitInfo, BroadcastUpdateInfo]):
@@ -155,15 +169,21 @@ class BroadcastEngine(WeightTransferEngine[BroadcastInitInfo, BroadcastUpdateInf
         self.backend = "gloo"
         self.stats: dict = {}
         self.buffers: Buckets | None = None
+        self.region: shared_memory.Region | None = None
 
     def init_transfer_engine(self, init_info: BroadcastInitInfo) -> None:
+        close_group(self.group)
+        self.group, self.buffers = None, None
+        self.backend = init_info.group_backend
+        if init_info.shared_path is not None:
+            self.region = shared_memory.attach(init_info.shared_path)
+            return
+        self.region = None
         # This worker's rank in its engine, as vLLM numbers workers across replicas.
         p = self.parallel_config
         rank = init_info.rank_offset + p.data_parallel_index * p.world_size + p.rank
-        close_group(self.group)
         self.group = open_group(init_info.host, init_info.port, rank, init_info.world_size,
                                 init_info.group_backend, init_info.timeout_s)
-        self.backend = init_info.group_backend
 
     def start_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
@@ -178,13 +198,20 @@ class BroadcastEngine(WeightTransferEngine[BroadcastInitInfo, BroadcastUpdateInf
             torch.accelerator.synchronize()
 
     def receive_weights(self, update_info: BroadcastUpdateInfo) -> None:
-        """Receive every bucket and load its tensors; bucket k+1 arrives while bucket k loads."""
-        if self.group is None:
+        """Receive every bucket and load its tensors; bucket k+1 arrives while bucket k loads.
+        From shared memory, the sender has packed them all already: each is loaded in turn."""
+        if self.group is None and self.region is None:
             raise RuntimeError("weight transfer: receive before init_weight_transfer_engine")
         if self.buffers is None or self.buffers.plan != update_info:
             device = self.device if self.backend == "nccl" else torch.device("cpu")
-            self.buffers = Buckets(update_info, device)
+            self.buffers = Buckets(update_info, device, self.region)
         buckets = update_info.buckets
+        if self.region is not None:
+            start = time.perf_counter()
+            for k, bucket in enumerate(buckets):
+                self.model.load_weights(_views(update_info, bucket, self.buffers[k]))
+            self.stats["load_s"] += time.perf_counter() - start
+            return
         pending = None
         for k in range(len(buckets) + 1):
             if k < len(buckets):
@@ -209,7 +236,7 @@ class BroadcastEngine(WeightTransferEngine[BroadcastInitInfo, BroadcastUpdateInf
 
     def shutdown(self) -> None:
         close_group(self.group)
-        self.group = None
+        self.group, self.region, self.buffers = None, None, None
 
 
 def _views(info: BroadcastUpdateInfo, bucket: list[int],
@@ -234,6 +261,9 @@ class BroadcastTrainerInitInfo(TrainerInitInfo):
     dtype: str  # the generators'
     device: str  # where the sender's buckets live: its GPU for NCCL, "cpu" for gloo
     bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    # Every generator is on the sender's machine (and on CPUs): hand them the buckets in
+    # shared memory, where /dev/shm has room for them, instead of broadcasting.
+    shared_memory: bool = False
 
 
 class BroadcastTrainerEngine(TrainerWeightTransferEngine[BroadcastTrainerInitInfo]):
@@ -247,13 +277,24 @@ class BroadcastTrainerEngine(TrainerWeightTransferEngine[BroadcastTrainerInitInf
         engine = cls(client=client, source=source, is_sender=init_info.is_sender)
         engine.plan = BroadcastUpdateInfo.plan(((m.name, m.shape) for m in source.metadata()),
                                                init_info.dtype, init_info.bucket_bytes)
-        engine.buffers = Buckets(engine.plan, torch.device(init_info.device))
+        engine.region = (shared_memory.create(engine.plan.total_bytes)
+                         if init_info.shared_memory and engine.is_sender else None)
+        engine.buffers = Buckets(engine.plan, torch.device(init_info.device), engine.region)
         engine.group, engine.stats = None, {}
+        engine.transport = ("shared memory" if engine.region is not None
+                            else f"broadcast over {init_info.group_backend}")
         if engine.is_sender:
             worker_info = {"host": init_info.host, "port": init_info.port, "rank_offset": 1,
                            "world_size": init_info.world_size,
                            "group_backend": init_info.group_backend,
                            "timeout_s": init_info.timeout_s}
+            if engine.region is not None:
+                try:  # every worker maps the file, then no name is left to leak
+                    client.init_weight_transfer_engine(
+                        {**worker_info, "shared_path": engine.region.path})
+                finally:
+                    engine.region.unlink()
+                return engine
             # The workers join inside their init call, the sender here: both at once.
             with ThreadPoolExecutor(max_workers=1) as pool:
                 joined = pool.submit(client.init_weight_transfer_engine, worker_info)
@@ -270,12 +311,24 @@ class BroadcastTrainerEngine(TrainerWeightTransferEngine[BroadcastTrainerInitInf
                 pass
             return
         self.client.start_weight_update()
+        if self.region is not None:
+            self.stats = {"pack_s": 0.0, "send_s": 0.0, "socket_bytes": 0}
+            try:
+                for k, bucket in enumerate(self.plan.buckets):
+                    _pack(self.buffers[k], bucket, self.plan, tensors, self.stats)
+            finally:
+                for _ in tensors:  # the other learners are gathering with this one: finish
+                    pass
+            self.client.update_weights(self.plan.to_dict())
+            self.client.finish_weight_update()
+            return
         pool = ThreadPoolExecutor(max_workers=1)
         # The generators receive while this sends: both inside the same broadcasts.
         received = pool.submit(self.client.update_weights, self.plan.to_dict())
         try:
             self.stats = send_buckets(self.group, self.plan, tensors, self.buffers,
                                       give_up=lambda: _failed(received))
+            self.stats["socket_bytes"] = self.plan.total_bytes
         except BaseException:
             # The group is broken: dropped now, before its collectives time out (NCCL's
             # watchdog would end this process); the next init builds a new one.
@@ -294,7 +347,7 @@ class BroadcastTrainerEngine(TrainerWeightTransferEngine[BroadcastTrainerInitInf
 
     def shutdown(self) -> None:
         close_group(self.group)
-        self.group = None
+        self.group, self.region = None, None
 
 
 def _failed(future: Future) -> BaseException | None:
@@ -314,23 +367,29 @@ def send_buckets(group: dist.ProcessGroup, plan: BroadcastUpdateInfo,
     in_flight = None
     for k, bucket in enumerate(plan.buckets):
         flat = buffers[k]
-        offset = 0
-        for i in bucket:
-            name, tensor = next(tensors)
-            start = time.perf_counter()
-            if name != plan.names[i] or list(tensor.shape) != plan.shapes[i]:
-                raise RuntimeError(f"weight sync: expected {plan.names[i]}{plan.shapes[i]}, "
-                                   f"got {name}{list(tensor.shape)}")
-            n = tensor.numel()
-            flat[offset:offset + n].copy_(tensor.reshape(-1))
-            offset += n
-            stats["pack_s"] += time.perf_counter() - start
+        _pack(flat, bucket, plan, tensors, stats)
         if in_flight is not None:
             _timed_wait(in_flight, stats, give_up)
         in_flight = start_broadcast(group, flat), flat
     if in_flight is not None:
         _timed_wait(in_flight, stats, give_up)
     return stats
+
+
+def _pack(flat: torch.Tensor, bucket: list[int], plan: BroadcastUpdateInfo,
+          tensors: Iterator[tuple[str, torch.Tensor]], stats: dict) -> None:
+    """Copy the bucket's tensors, cast to the wire dtype, one after the other into `flat`."""
+    offset = 0
+    for i in bucket:
+        name, tensor = next(tensors)
+        start = time.perf_counter()
+        if name != plan.names[i] or list(tensor.shape) != plan.shapes[i]:
+            raise RuntimeError(f"weight sync: expected {plan.names[i]}{plan.shapes[i]}, "
+                               f"got {name}{list(tensor.shape)}")
+        n = tensor.numel()
+        flat[offset:offset + n].copy_(tensor.reshape(-1))
+        offset += n
+        stats["pack_s"] += time.perf_counter() - start
 
 
 def _timed_wait(in_flight, stats: dict, give_up) -> None:

@@ -320,9 +320,12 @@ class LearnerActor:
     # --- weight sync, rank 0 -> generators (actors/weight_sync.py) ------------------------
 
     def init_weight_sync(self, generators: list, tp: int, host: str, port: int,
-                         world_size: int, timeout_s: float, client_timeout_s: float) -> None:
+                         world_size: int, timeout_s: float, client_timeout_s: float,
+                         same_machine: bool = False) -> str:
         """Join the weight-transfer engine with `generators` (every learner builds its side;
-        rank 0 drives the generators'); again after a generator was replaced."""
+        rank 0 drives the generators'); again after a generator was replaced.
+        `same_machine`: every generator runs on learner 0's machine. Returns how the weights
+        travel ("CUDA IPC", "shared memory", "broadcast over gloo" or "... nccl")."""
         if self.transfer is not None:
             self.transfer.shutdown()
         engine = engine_for(self.device.type, self.cfg.cluster.colocate)
@@ -331,7 +334,9 @@ class LearnerActor:
         client = GeneratorClient(generators, tp, client_timeout_s) if self.rank == 0 else None
         self.transfer = trainer_engine(engine, rank=self.rank, source=source, client=client,
                                        host=host, port=port, world_size=world_size,
-                                       device=self.device, timeout_s=timeout_s)
+                                       device=self.device, timeout_s=timeout_s,
+                                       shared_memory=same_machine)
+        return getattr(self.transfer, "transport", "CUDA IPC")
 
     def send_weights(self, version: int) -> dict:
         """Collective over learners (gathering shards): rank 0 sends the weights of update

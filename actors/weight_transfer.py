@@ -56,8 +56,11 @@ def _numel(shape) -> int:
 
 
 def trainer_engine(engine: str, *, rank: int, source: LearnerWeights, client, host: str,
-                   port: int, world_size: int, device: torch.device, timeout_s: float):
-    """Learner `rank`'s side of `engine`, joined with the generators' (rank 0 drives them)."""
+                   port: int, world_size: int, device: torch.device, timeout_s: float,
+                   shared_memory: bool = False):
+    """Learner `rank`'s side of `engine`, joined with the generators' (rank 0 drives them).
+    `shared_memory`: every generator is on this machine (`broadcast` then hands them the
+    weights in /dev/shm where it has room)."""
     if engine == "ipc":
         from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 
@@ -69,7 +72,8 @@ def trainer_engine(engine: str, *, rank: int, source: LearnerWeights, client, ho
         info = broadcast_engine.BroadcastTrainerInitInfo(
             rank=rank, host=host, port=port, world_size=world_size, group_backend=backend,
             timeout_s=timeout_s, dtype=str(source.dtype).removeprefix("torch."),
-            device=str(device) if backend == "nccl" else "cpu")
+            device=str(device) if backend == "nccl" else "cpu",
+            shared_memory=shared_memory and backend == "gloo")
     return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source)
 
 
@@ -97,14 +101,22 @@ def refresh_tied_layers(model: torch.nn.Module) -> None:
     on the CPU backend `lm_head` computes logits from a packed copy of its weight made when it
     was processed, so without this the generator keeps sampling from the output layer it
     started with, whatever the learners send. Only unquantized layers are redone: their
-    processing just rebuilds that copy from the weight (and does nothing on GPUs)."""
+    processing just rebuilds that copy from the weight (and does nothing on GPUs).
+
+    The first module holding the weight is not redone: the reload loaded the weight through
+    it (its name is the parameter's) and processed it then. Where that processing made a CPU
+    GEMM from the weight (vLLM's `cpu_linear`, layers/utils.dispatch_cpu_unquantized_gemm),
+    the others take that one, made from the same tensor, instead of packing it again: on the
+    demo model redoing both cost ~60 ms of a ~0.4 s sync."""
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
     sharing: dict[int, list[torch.nn.Module]] = {}
     for module in model.modules():
         if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
             sharing.setdefault(id(module.weight), []).append(module)
-    for modules in sharing.values():
-        if len(modules) > 1:
-            for module in modules:
+    for first, *others in sharing.values():
+        for module in others:
+            if hasattr(first, "cpu_linear"):
+                module.cpu_linear = first.cpu_linear
+            else:
                 module.quant_method.process_weights_after_loading(module)

@@ -81,7 +81,9 @@ def summary(steps: list[dict]) -> dict:
     if not timed:
         raise RuntimeError("the project's metrics.jsonl has no weight_sync/* figures")
     out = {"sync_s_median": median([s["weight_sync_s"] for s in timed]),
-           "bytes": timed[0]["weight_sync/bytes"], "timed_steps": len(timed)}
+           "bytes": timed[0]["weight_sync/bytes"], "timed_steps": len(timed),
+           # 0: one machine, the weights handed over in shared memory; else all the bytes
+           "socket_bytes": timed[0].get("weight_sync/socket_bytes", timed[0]["weight_sync/bytes"])}
     for part in PARTS:
         out[f"{part}_s_median"] = median([s[f"weight_sync/{part}_s"] for s in timed])
     out["gb_per_s"] = out["bytes"] / out["sync_s_median"] / 1e9
@@ -123,7 +125,9 @@ def run(quick: bool) -> dict:
             f"learner, weights sent as {mine['settings']['generation_dtype']}), medians over "
             f"{figures['timed_steps']} steps after a warm-up; sync_s = the driver's "
             "time/weight_sync_s; gather, pack and send (the broadcasts) on learner 0; "
-            "receive, load (vLLM reload_weights) and cache_reset on the slowest generator",
+            "receive, load (vLLM reload_weights) and cache_reset on the slowest generator; "
+            f"socket_bytes {figures['socket_bytes']}: 0 when learner and generator share the "
+            "machine and the buckets go through shared memory (send and receive then 0)",
             "baseline = one dist.broadcast of a flat uint8 tensor of the same bytes between two "
             f"fresh local processes over gloo, median of {len(raw['seconds'])} rounds after an "
             "untimed one, the slower rank's time",

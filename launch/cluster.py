@@ -176,6 +176,7 @@ class Cluster:
         self.weights_version = weights_version  # the update the generators hold
         self.kv_cache_asleep = False  # colocated: woken after the next sync (see `train`)
         self.sync_group_stale = False  # a generator was replaced since the group was built
+        self.sync_transport = ""  # how the weights travel (the learners' engine says)
         gpu = device == "cuda"
         if gpu:
             learner_bundle, gen_bundle = {"GPU": 1, "CPU": 1}, {"GPU": c.generator_tp, "CPU": 1}
@@ -235,8 +236,13 @@ class Cluster:
         world = 1 + len(self.generators) * tp
         addr, port = ray.get(_address_and_port.options(**_on(self.learner_pg, 0)).remote())
         timeout = self.cfg.cluster.sync_timeout_s
-        self._on_learners(lambda l: l.init_weight_sync.remote(
-            self.generators, tp, addr, port, world, timeout + SYNC_MARGIN_S, timeout))
+        nodes = {self.actors[f"generator {i}"]["node"] for i in range(len(self.generators))}
+        same_machine = nodes == {self.actors["learner 0"]["node"]}
+        joined = self._on_learners(lambda l: l.init_weight_sync.remote(
+            self.generators, tp, addr, port, world, timeout + SYNC_MARGIN_S, timeout,
+            same_machine))
+        if joined is not None:
+            self.sync_transport = joined[0]
 
     def _on_learners(self, call) -> list | None:
         """A weight-sync call on every learner (rank 0 drives the generators' part), waited

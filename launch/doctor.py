@@ -207,15 +207,12 @@ def check_placement(d: Doctor) -> tuple:
 
 
 def check_transfer_group(d: Doctor) -> tuple:
-    from actors.weight_sync import engine_for, group_backend
-
     c, cluster = d.cfg.cluster, d.cluster
     cluster.sync_group_stale = True  # a group formed afresh, as after a generator's restart
     start = time.monotonic()
     cluster._open_sync_group()
     seconds = time.monotonic() - start
-    engine = engine_for(d.device, c.colocate)
-    kind = "CUDA IPC" if engine == "ipc" else f"{engine} over {group_backend(d.device)}"
+    kind = cluster.sync_transport
     workers = len(cluster.generators) * c.generator_tp
     reason = (f"{kind}: learner 0 and {workers} vLLM worker(s) joined in {seconds:.2f} s "
               f"(cluster.sync_timeout_s {c.sync_timeout_s:g})")

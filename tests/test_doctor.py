@@ -66,6 +66,8 @@ def test_doctor_passes_and_changes_nothing(cpu_config):
     assert [n for n, r in rows.items() if r["status"] == "skip"] == ["resources",
                                                                      "sleep and wake"]
     assert "only on GPUs" in rows["sleep and wake"]["reason"]
+    # One machine: the weights go through shared memory (actors/shared_memory.py).
+    assert rows["transfer group"]["reason"].startswith("shared memory: learner 0 and 1 vLLM")
     step = rows["learner step"]["figures"]
     assert step["restored"] and step["checksum_before"] == step["checksum_after"]
     assert step["moved"] > 0 and step["grad_norm"] > 0

@@ -6,6 +6,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from actors.shared_memory import SHM_DIR  # noqa: E402
 from drgrpo.batching import Sample, plan_steps  # noqa: E402
 from drgrpo.config_load import load_config  # noqa: E402
 
@@ -68,6 +69,10 @@ def test_weight_sync_makes_generator_match_learner(ray_local, request, tmp_path,
         assert learner_trained == learner_after
         assert max(abs(a - b) for a, b in zip(after, before)) > 1e-2
         assert sync["bytes"] > 0
+        # One machine: the weights went through shared memory, not a socket, and its
+        # file's name was removed as soon as the generator had mapped it.
+        assert sync["socket_bytes"] == 0
+        assert not list(SHM_DIR.glob("drgrpo-weights-*"))
     finally:
         cluster.shutdown()
 

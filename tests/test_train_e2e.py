@@ -239,6 +239,10 @@ def test_two_nodes_learners_on_one_generators_on_the_other(workdir, tmp_path):
     assert saved == str(out)
     assert (out / "checkpoints" / "step_000002" / "optimizer").is_dir()
     assert_a_complete_run(out)
+    # Two machines: every sync broadcast the weights (one machine hands them over in
+    # shared memory, tests/test_runtime.py).
+    assert all(r["weight_sync/socket_bytes"] == r["weight_sync/bytes"]
+               for r in read_metrics(out) if "reward/mean" in r)
 
 
 def small_run(workdir, out, *flags, timeout=900):

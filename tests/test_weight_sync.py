@@ -86,6 +86,34 @@ def test_buckets_keep_model_order_and_the_size_bound():
     assert BroadcastUpdateInfo(**plan.to_dict()) == plan  # what travels to the workers
 
 
+def test_shared_buckets_are_seen_by_another_mapping_and_leave_no_file(tmp_path):
+    """Learner 0 packs into a shared file that each worker maps; the file's name is removed
+    once every worker has it (nothing left behind by a process that dies), and a folder
+    without room for the weights (Docker's 64 MiB /dev/shm) gives no region: the engine then
+    broadcasts (writing past a full tmpfs would kill the writer with SIGBUS)."""
+    from actors import shared_memory
+    from actors.broadcast_engine import BroadcastUpdateInfo, Buckets
+
+    plan = BroadcastUpdateInfo.plan([("a", (4, 4)), ("b", (3,)), ("c", (40,))], "bfloat16",
+                                    bucket_bytes=40)
+    sender = shared_memory.create(plan.total_bytes, tmp_path)
+    worker = shared_memory.attach(sender.path)
+    sender.unlink()
+    assert list(tmp_path.iterdir()) == []
+    cpu = torch.device("cpu")
+    sent, received = Buckets(plan, cpu, sender), Buckets(plan, cpu, worker)
+    for k, bucket in enumerate(plan.buckets):
+        sent[k].copy_(torch.arange(plan.bucket_numel(bucket)) + 100 * k)
+    for k, bucket in enumerate(plan.buckets):
+        assert received[k].dtype == torch.bfloat16
+        expected = torch.arange(plan.bucket_numel(bucket)).bfloat16() + 100 * k
+        assert torch.equal(received[k], expected)
+    assert shared_memory.create(2**60, tmp_path) is None
+    assert shared_memory.create(1, tmp_path / "missing") is None
+    with pytest.raises(RuntimeError, match="not on this machine"):
+        shared_memory.attach(str(tmp_path / "gone"))
+
+
 def _outcomes(*failures):
     from actors.failures import Outcome
 
