@@ -107,7 +107,7 @@ def refresh_tied_layers(model: torch.nn.Module) -> None:
     it (its name is the parameter's) and processed it then. Where that processing made a CPU
     GEMM from the weight (vLLM's `cpu_linear`, layers/utils.dispatch_cpu_unquantized_gemm),
     the others take that one, made from the same tensor, instead of packing it again: on the
-    demo model redoing both cost ~60 ms of a ~0.4 s sync."""
+    demo model redoing both took 50-86 ms of a ~0.4 s sync."""
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
     sharing: dict[int, list[torch.nn.Module]] = {}
