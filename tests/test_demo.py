@@ -168,4 +168,7 @@ def test_the_demo_reruns_the_published_studys_first_two_steps(demo_run):
         pytest.skip(f"the demo ran in {ran['dtype']} (model.dtype auto: this CPU has no "
                     f"bfloat16 arithmetic); the study was published in "
                     f"{published_cfg['model']['dtype']}")
-    assert [untimed(r) for r in got] == [untimed(r) for r in published[:3]]
+    # Every published figure, rerun; figures the records gained since (weight_sync/
+    # socket_bytes) are not in the published ones, and a published one missing here is None.
+    assert ([untimed({k: r.get(k) for k in p}) for r, p in zip(got, published)]
+            == [untimed(p) for p in published[:3]])
