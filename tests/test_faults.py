@@ -78,13 +78,20 @@ def chaos_run(folder, out, flags, fault, timeout=600):
 
 
 def generating_engine(run: psutil.Process, timeout: float = 60) -> psutil.Process:
-    """The engine-core process of the generator, caught while the generator samples."""
+    """The engine-core process of the generator, caught while the generator samples. The
+    generator's actor process is found once, then only its own title is watched: a walk of
+    the run's whole process tree per poll could miss a tiny model's rollout entirely."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for engine in processes(run, "VLLM::EngineCore"):
+        for actor in processes(run, "ray::GeneratorActor"):
             try:
-                if " ".join(engine.parent().cmdline()).startswith("ray::GeneratorActor.generate"):
-                    return engine
+                while time.monotonic() < deadline and actor.is_running():
+                    if " ".join(actor.cmdline()).startswith("ray::GeneratorActor.generate"):
+                        engines = [p for p in actor.children(recursive=True)
+                                   if p.name().startswith("VLLM::EngineCore")]
+                        if engines:
+                            return engines[0]
+                    time.sleep(0.002)
             except (psutil.Error, AttributeError):
                 pass
         time.sleep(0.01)
