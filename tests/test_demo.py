@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from run_processes import generating_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ("--trainer.max_steps", "2")
@@ -107,26 +108,18 @@ def test_a_demo_run_whose_engine_is_killed_logs_what_the_fault_free_one_does(tmp
         proc = subprocess.Popen(demo_command(out, "--trainer.eval_every", "0"), cwd=ROOT,
                                 stdout=subprocess.DEVNULL,
                                 stderr=stderr_file, env={**os.environ, "HOME": str(demo_home)})
-    killed, deadline = False, time.monotonic() + 900
     try:
-        while not killed and time.monotonic() < deadline and proc.poll() is None:
-            done = finished_step(out, 1)
-            for p in psutil.Process(proc.pid).children(recursive=True) if done else []:
-                try:
-                    parent = p.parent()
-                    if (p.name().startswith("VLLM::EngineCore") and parent and
-                            parent.cmdline()[:1] == ["ray::GeneratorActor.generate"]):
-                        p.send_signal(signal.SIGKILL)
-                        killed = True
-                except psutil.Error:
-                    pass
+        deadline = time.monotonic() + 900
+        while not finished_step(out, 1):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.02)
+        # step 2's rollout
+        generating_engine(psutil.Process(proc.pid), timeout=300).send_signal(signal.SIGKILL)
         proc.wait(timeout=1500)
     finally:
         if proc.poll() is None:
             proc.kill()
     stderr = log.read_text()
-    assert killed, "the engine was not caught sampling step 2's rollout"
     assert proc.returncode == 0, stderr[-3000:]
     assert "recovered: generator 0 failed" in stderr, stderr[-3000:]
     got = records(out)

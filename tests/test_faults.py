@@ -21,6 +21,7 @@ import time
 import psutil
 import pytest
 from conftest import ASYNC
+from run_processes import generating_engine, processes
 from test_train_e2e import ROOT, read_metrics, tensorboard_scalars, untimed
 
 STEPS = 4
@@ -37,19 +38,6 @@ def fault_free(reference_run):
     assert all(r["faults/generator_restarts"] == r["faults/reward_restarts"] == 0
                for r in records)
     return records
-
-
-def processes(run: psutil.Process, title: str) -> list[psutil.Process]:
-    """The run's descendants (its local Ray's workers and their children) whose process
-    title starts with `title` (Ray titles an actor `ray::<Class>.<method running>`)."""
-    found = []
-    for p in run.children(recursive=True):
-        try:
-            if " ".join(p.cmdline()).startswith(title) or p.name().startswith(title):
-                found.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def chaos_run(folder, out, flags, fault, timeout=600):
@@ -75,27 +63,6 @@ def chaos_run(folder, out, flags, fault, timeout=600):
             proc.kill()
     log.seek(0)
     return proc.returncode, log.read()
-
-
-def generating_engine(run: psutil.Process, timeout: float = 60) -> psutil.Process:
-    """The engine-core process of the generator, caught while the generator samples. The
-    generator's actor process is found once, then only its own title is watched: a walk of
-    the run's whole process tree per poll could miss a tiny model's rollout entirely."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for actor in processes(run, "ray::GeneratorActor"):
-            try:
-                while time.monotonic() < deadline and actor.is_running():
-                    if " ".join(actor.cmdline()).startswith("ray::GeneratorActor.generate"):
-                        engines = [p for p in actor.children(recursive=True)
-                                   if p.name().startswith("VLLM::EngineCore")]
-                        if engines:
-                            return engines[0]
-                    time.sleep(0.002)
-            except (psutil.Error, AttributeError):
-                pass
-        time.sleep(0.01)
-    raise AssertionError("no engine caught while its generator samples")
 
 
 def wait_for(run: psutil.Process, title: str, timeout: float = 60) -> psutil.Process:
