@@ -11,15 +11,13 @@ killed-engine and asynchronous runs are `python -m launch.demo`, as `make demo` 
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-from run_processes import generating_engine
+from run_processes import kill_generating_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ("--trainer.max_steps", "2")
@@ -109,12 +107,8 @@ def test_a_demo_run_whose_engine_is_killed_logs_what_the_fault_free_one_does(tmp
                                 stdout=subprocess.DEVNULL,
                                 stderr=stderr_file, env={**os.environ, "HOME": str(demo_home)})
     try:
-        deadline = time.monotonic() + 900
-        while not finished_step(out, 1):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.02)
-        # step 2's rollout
-        generating_engine(psutil.Process(proc.pid), timeout=300).send_signal(signal.SIGKILL)
+        kill_generating_engine(psutil.Process(proc.pid),  # while step 2's rollout is sampled
+                               after=lambda: finished_step(out, 1), timeout=900, log=log)
         proc.wait(timeout=1500)
     finally:
         if proc.poll() is None:

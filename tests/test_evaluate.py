@@ -252,10 +252,8 @@ def test_engine_killed_mid_evaluation_is_recovered(tiny_model_path, shared_data_
     """`launch.evaluate` borrows the training cluster's recovery: a generator whose vLLM engine
     dies is replaced on its bundle and its prompts sampled again, with their own seeds, so
     the results are those of a run without the fault."""
-    import signal
-
     import psutil
-    from run_processes import generating_engine
+    from run_processes import kill_generating_engine
 
     out = {"clean": clean_eval[0], "killed": tmp_path / "killed"}
     assert clean_eval[1].returncode == 0, clean_eval[1].stderr[-3000:]
@@ -266,7 +264,7 @@ def test_engine_killed_mid_evaluation_is_recovered(tiny_model_path, shared_data_
                                  str(out["killed"])], cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=stderr_file)
     try:
-        generating_engine(psutil.Process(proc.pid), timeout=300).send_signal(signal.SIGKILL)
+        kill_generating_engine(psutil.Process(proc.pid), log=log)
         proc.wait(timeout=600)
     finally:
         if proc.poll() is None:

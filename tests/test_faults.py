@@ -21,7 +21,7 @@ import time
 import psutil
 import pytest
 from conftest import ASYNC
-from run_processes import generating_engine, processes
+from run_processes import kill_generating_engine, processes, strike_while_generating
 from test_train_e2e import ROOT, read_metrics, tensorboard_scalars, untimed
 
 STEPS = 4
@@ -41,7 +41,7 @@ def fault_free(reference_run):
 
 
 def chaos_run(folder, out, flags, fault, timeout=600):
-    """The run as a subprocess; once step 1 is logged, `fault(run process)` strikes."""
+    """The run as a subprocess, and `fault(run process)` beside it from its start."""
     out.mkdir(parents=True, exist_ok=True)
     log = open(out.parent / f"{out.name}.stderr", "w+")
     proc = subprocess.Popen(
@@ -52,11 +52,12 @@ def chaos_run(folder, out, flags, fault, timeout=600):
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         deadline = time.monotonic() + timeout
-        metrics = out / "metrics.jsonl"
-        while not (metrics.is_file() and metrics.read_text().strip()):
-            assert proc.poll() is None and time.monotonic() < deadline, "no step 1"
-            time.sleep(0.02)
-        fault(psutil.Process(proc.pid))
+        try:
+            fault(psutil.Process(proc.pid))
+        except AssertionError as missed:  # with what the run said
+            log.seek(0)
+            raise AssertionError(f"{missed}\nthe run's stderr, last lines:\n"
+                                 f"{log.read()[-3000:]}") from None
         proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
@@ -75,20 +76,18 @@ def wait_for(run: psutil.Process, title: str, timeout: float = 60) -> psutil.Pro
     raise AssertionError(f"no process titled {title}")
 
 
-def logged(out, steps: int, run: psutil.Process) -> None:
-    """Wait until the run has logged `steps` steps (or ended)."""
-    while run.is_running() and run.status() != psutil.STATUS_ZOMBIE:
-        try:
-            if len((out / "metrics.jsonl").read_text().splitlines()) >= steps:
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
+def logged(out, steps: int) -> bool:
+    """Whether the run has logged `steps` steps."""
+    try:
+        return len((out / "metrics.jsonl").read_text().splitlines()) >= steps
+    except OSError:
+        return False
 
 
 def test_each_fault_in_turn_recovers_to_the_fault_free_metrics(workdir, answering_run,
                                                                fault_free):
-    """One run, four faults, each while a rollout is being sampled:
+    """One run, four faults, each while a rollout is being sampled (the generator's engine
+    is held while it waits for the rollout, run_processes.strike_while_generating):
     - step 2: the reward worker killed, then the engine-core process. Killed mid-generation,
       vLLM's engine core left the generator waiting forever (and the run with it); now the
       generator says so at once and is replaced on its bundle. The dead reward worker is
@@ -102,8 +101,7 @@ def test_each_fault_in_turn_recovers_to_the_fault_free_metrics(workdir, answerin
       tree. On this CPU vLLM 0.32's engine exits by itself within 0.4 s of its actor, so
       this passes without that too).
     - step 4: the generator frozen (SIGSTOP): it neither answers nor dies;
-      cluster.generate_timeout_s (and, if it froze between rollouts, cluster.sync_timeout_s)
-      bounds the wait.
+      cluster.generate_timeout_s bounds the wait.
     Every step is logged once, with what the fault-free run logged."""
     out = workdir / "faults-sync"
     engines, alive = [], []
@@ -113,20 +111,25 @@ def test_each_fault_in_turn_recovers_to_the_fault_free_metrics(workdir, answerin
         "the fault-free run graded no answer at step 2: a dead reward worker goes unnoticed")
 
     def faults(run):
-        wait_for(run, "ray::RewardWorkerActor").send_signal(signal.SIGKILL)  # for step 2
-        generating_engine(run).send_signal(signal.SIGKILL)  # step 2's rollout
-        logged(out, 2, run)
-        actor = wait_for(run, "ray::GeneratorActor.generate")  # step 3's
-        engines.extend(actor.children(recursive=True))
-        actor.send_signal(signal.SIGKILL)
-        logged(out, 3, run)  # the generator was replaced: its engine must be gone
-        alive.extend(p.pid for p in engines
-                     if p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
-        os.kill(wait_for(run, "ray::GeneratorActor.generate").pid, signal.SIGSTOP)  # step 4's
+        def reward_worker_and_engine(actor, engine):  # step 2
+            wait_for(run, "ray::RewardWorkerActor").send_signal(signal.SIGKILL)
+            engine.send_signal(signal.SIGKILL)
+
+        def generator(actor, engine):  # step 3
+            engines.extend(actor.children(recursive=True))
+            actor.send_signal(signal.SIGKILL)
+
+        def frozen_generator(actor, engine):  # step 4; step 3 replaced the generator
+            alive.extend(p.pid for p in engines
+                         if p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+            actor.send_signal(signal.SIGSTOP)
+
+        strike_while_generating(run, reward_worker_and_engine, after=lambda: logged(out, 1))
+        strike_while_generating(run, generator, after=lambda: logged(out, 2))
+        strike_while_generating(run, frozen_generator, after=lambda: logged(out, 3))
 
     code, stderr = chaos_run(workdir, out, [*answering_run, *FLAGS,
-                                            "--cluster.generate_timeout_s", "10",
-                                            "--cluster.sync_timeout_s", "10"], faults)
+                                            "--cluster.generate_timeout_s", "10"], faults)
     assert code == 0, stderr[-3000:]
     records = read_metrics(out)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
@@ -176,12 +179,15 @@ def test_async_learner_then_engine_killed(workdir, answering_run, async_fault_fr
     stderr_log = out.parent / f"{out.name}.stderr"  # chaos_run's
 
     def faults(run):
+        while not logged(out, 1):
+            assert run.is_running() and run.status() != psutil.STATUS_ZOMBIE, "no step 1"
+            time.sleep(0.02)
         os.kill(wait_for(run, "ray::LearnerActor.train").pid, signal.SIGKILL)
         deadline = time.monotonic() + 300
         while "restarting run" not in stderr_log.read_text():  # not the old cluster's engine
             assert time.monotonic() < deadline, "the run did not restart"
             time.sleep(0.05)
-        generating_engine(run, timeout=120).send_signal(signal.SIGKILL)
+        kill_generating_engine(run)
 
     code, stderr = chaos_run(workdir, out, [*answering_run, *ASYNC_FLAGS, *ASYNC,
                                             "--trainer.save_every", "1"], faults)
