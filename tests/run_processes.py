@@ -47,19 +47,20 @@ def strike_while_generating(run: psutil.Process,
                             timeout: float = 300, log: Path | None = None) -> None:
     """`strike(generator's actor process, its engine-core process)` while the generator is
     in a `generate` call that cannot finish first: the first such call seen once `after()`
-    holds (e.g. "step 1 is logged": then it is step 2's rollout, which the driver starts
-    a few milliseconds after the log).
+    holds (e.g. "step 1 is logged": then it is step 2's rollout).
 
-    A tiny model's rollout can be over in milliseconds, between two looks of a test process
-    on a loaded machine: watching the actor's title alone missed whole runs' rollouts in
-    fresh-clone suites (a chaos run's, an evaluation's). So the engine is frozen (SIGSTOP)
-    while its generator is idle; the generator's next call then shows in its title. A
-    `generate` is held until the strike; any other call (a weight sync) thaws the engine and
-    the wait goes on. The engine is thawed after the strike unless the strike ended it.
-    Caught nothing: an AssertionError with the titles seen and the tail of the run's `log`."""
+    A tiny model's rollout is over in milliseconds, and so is the gap between the weight
+    sync that precedes it and its start: a test that polls the generator's process title
+    missed whole runs' rollouts in fresh-clone suites. So nothing is raced. The run's driver
+    (`run`) makes the generate calls and learner 0 the weight sync's, and the two are never
+    let run at once: while the generator is idle its engine is frozen (SIGSTOP), so whatever
+    call comes waits, in view; a `generate` is struck there, or let through if `after()`
+    does not hold yet; any other call gets the engine back while the driver is frozen
+    instead, until the generator is idle again and its engine frozen first. Everything is
+    thawed on the way out. Nothing caught: an AssertionError with the titles seen and the
+    tail of the run's `log`."""
     deadline = time.monotonic() + timeout
     seen: list[str] = []  # the titles the generator showed, for the error below
-    generate = GENERATOR + ".generate"
 
     def title(actor: psutil.Process) -> str:
         name = " ".join(actor.cmdline()).rstrip()  # Ray pads it with spaces
@@ -69,40 +70,70 @@ def strike_while_generating(run: psutil.Process,
 
     while time.monotonic() < deadline and alive(run):
         for actor in processes(run, GENERATOR):
+            engine = None
             try:
-                passing = False  # a generate seen before `after()` held, let through
-                while time.monotonic() < deadline and alive(actor):
-                    name = title(actor)
-                    passing = passing and name.startswith(generate)
-                    # Idle, or sampling what may be the rollout to strike: freeze its engine.
-                    freeze = not passing and (name == GENERATOR or name.startswith(generate))
-                    engines = [p for p in actor.children(recursive=True)
-                               if p.name().startswith("VLLM::EngineCore")] if freeze else []
-                    if not engines:
-                        time.sleep(0.002)
-                        continue
-                    engines[0].send_signal(signal.SIGSTOP)
-                    try:
-                        while time.monotonic() < deadline and alive(actor):
-                            name = title(actor)
-                            if name.startswith(generate):
-                                if not after():
-                                    passing = True
-                                    break
-                                strike(actor, engines[0])
-                                return
-                            if name != GENERATOR:
-                                break  # another call may need the engine
-                            time.sleep(0.002)
-                    finally:
-                        _signal(engines[0], signal.SIGCONT)
+                while engine is None and time.monotonic() < deadline and alive(actor):
+                    if not title(actor).startswith(GENERATOR + ".__init__"):  # started
+                        engine = _engine_of(actor)
+                    time.sleep(0.002)
+                if engine is not None and _hold(run, actor, engine, strike, after, deadline,
+                                                title):
+                    return
             except (psutil.Error, AttributeError):
                 pass
+            finally:
+                _signal(run, signal.SIGCONT)
+                if engine is not None:
+                    _signal(engine, signal.SIGCONT)
         time.sleep(0.01)
     raise AssertionError(
         "no generate call caught" + ("" if alive(run) else " (the run ended)")
         + f"; the generator's titles, in turn: {seen[-20:]}"
         + (f"\nthe run's log, last lines:\n{log.read_text()[-3000:]}" if log else ""))
+
+
+def _engine_of(actor: psutil.Process) -> psutil.Process | None:
+    """The actor's vLLM engine-core process (its other children may come and go)."""
+    for p in actor.children(recursive=True):
+        try:
+            if p.name().startswith("VLLM::EngineCore"):
+                return p
+        except psutil.Error:
+            pass
+    return None
+
+
+def _hold(run, actor, engine, strike, after, deadline, title) -> bool:
+    """strike_while_generating's watch over one generator: True once it struck."""
+    generate = GENERATOR + ".generate"
+    engine_frozen = driver_frozen = passing = False
+    while time.monotonic() < deadline and alive(actor) and alive(engine):
+        name = title(actor)
+        if name == GENERATOR:  # idle: freeze the engine, then let the driver go on
+            passing = False
+            if not engine_frozen:
+                engine.send_signal(signal.SIGSTOP)
+                engine_frozen = True
+            if driver_frozen:
+                run.send_signal(signal.SIGCONT)
+                driver_frozen = False
+        elif name.startswith(generate):
+            if not passing and after():
+                strike(actor, engine)
+                return True
+            if not passing:  # not the one: let it through
+                engine.send_signal(signal.SIGCONT)
+                engine_frozen, passing = False, True
+        else:  # another call (the weight sync's): the engine serves it, the driver waits
+            passing = False
+            if not driver_frozen:
+                run.send_signal(signal.SIGSTOP)
+                driver_frozen = True
+            if engine_frozen:
+                engine.send_signal(signal.SIGCONT)
+                engine_frozen = False
+        time.sleep(0.002)
+    return False
 
 
 def kill_generating_engine(run: psutil.Process, after: Callable[[], bool] = lambda: True,
